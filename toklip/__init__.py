@@ -1,0 +1,78 @@
+"""toklip: TokLIP-style visual tokenizers — discrete VQ tokens and CLIP-level semantic features.
+
+`import toklip` is cheap: torch and the model code load on first use of `build` and friends.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from toklip._version import PLUGIN_API, __version__
+from toklip.errors import (
+    AmbiguousComponentError,
+    CheckpointError,
+    ConfigError,
+    InputError,
+    InvalidComponentSpecError,
+    MissingDependencyError,
+    PluginLoadError,
+    TokLIPError,
+    UnknownComponentError,
+    WeightsNotFoundError,
+)
+from toklip.hookspecs import hookimpl
+from toklip.plugins import get_host, get_spec, list_components, temp_plugin, use_host
+
+_LAZY = {
+    "build": "toklip.build:build",
+    "list_presets": "toklip.build:list_presets",
+    "load_official": "toklip.checkpoints:load_official",
+    "from_pretrained": "toklip.pretrained:from_pretrained",
+    "TokLIP": "toklip.model.toklip:TokLIP",
+    "TokLIPConfig": "toklip.config:TokLIPConfig",
+    "TokenizeOutput": "toklip.model.toklip:TokenizeOutput",
+    "attention_backend": "toklip.attention:attention_backend",
+}
+
+__all__ = [
+    "PLUGIN_API",
+    "AmbiguousComponentError",
+    "CheckpointError",
+    "ConfigError",
+    "InputError",
+    "InvalidComponentSpecError",
+    "MissingDependencyError",
+    "PluginLoadError",
+    "TokLIPError",
+    "UnknownComponentError",
+    "WeightsNotFoundError",
+    "__version__",
+    "get_host",
+    "get_spec",
+    "hookimpl",
+    "list_components",
+    "temp_plugin",
+    "use_host",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'toklip' has no attribute {name!r}")
+    import importlib
+
+    module_name, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from toklip.attention import attention_backend
+    from toklip.build import build, list_presets
+    from toklip.checkpoints import load_official
+    from toklip.config import TokLIPConfig
+    from toklip.model.toklip import TokenizeOutput, TokLIP
+    from toklip.pretrained import from_pretrained

@@ -1,0 +1,3 @@
+from toklip.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""toklip's first-party components (registered through toklip.builtin.plugin)."""

@@ -1,0 +1,68 @@
+"""Projectors: VQ code vectors (or indices) -> token embeddings of the encoder width D.
+
+``forward(codes [B, N, c], indices [B, N], code_table=None) -> [B, N, D]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from toklip.errors import ConfigError
+
+
+class MLPProjector(nn.Module):
+    """TokLIP's token embedding: Linear(c, hidden) -> exact (erf) GELU -> Linear(hidden, D), hidden = 4D.
+
+    ``fc1``/``fc2`` are the official ``vq_table``/``vq_mapping``. Kernels (toklip-kernels) may replace the
+    computation with the exact codebook-space form; this module is the reference.
+    """
+
+    def __init__(self, code_dim: int, vocab_size: int, width: int, hidden: int | None = None, **_: object) -> None:
+        super().__init__()
+        self.code_dim, self.vocab_size, self.width = code_dim, vocab_size, width
+        self.hidden = hidden or 4 * width
+        self.fc1 = nn.Linear(code_dim, self.hidden)
+        self.fc2 = nn.Linear(self.hidden, width)
+
+    def forward(self, codes: Tensor, indices: Tensor | None = None, code_table: Callable[[], Tensor] | None = None) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(codes.to(self.fc1.weight.dtype))))
+
+
+class CodebookProjector(nn.Module):
+    """One learned D-dim row per code index (an embedding table). Memory = vocab * D * 4 bytes in fp32."""
+
+    def __init__(self, code_dim: int, vocab_size: int, width: int, max_bytes: int = 1 << 30, **_: object) -> None:
+        super().__init__()
+        cost = vocab_size * width * 4
+        if cost > max_bytes:
+            raise ConfigError(
+                f"the codebook projector would hold {vocab_size:,} x {width} = {vocab_size * width:,} parameters "
+                f"({cost / 2**30:.2f} GiB in fp32, plus twice that in AdamW state); the limit is "
+                f"{max_bytes / 2**30:.2f} GiB. Use projector='mlp', or raise the limit with "
+                f"projector={{'name': 'codebook', 'max_bytes': {cost}}}"
+            )
+        self.code_dim, self.vocab_size, self.width = code_dim, vocab_size, width
+        self.embedding = nn.Embedding(vocab_size, width)
+
+    def forward(self, codes: Tensor, indices: Tensor | None = None, code_table: Callable[[], Tensor] | None = None) -> Tensor:
+        if indices is None:
+            raise ConfigError("the codebook projector needs the code indices")
+        return self.embedding(indices)
+
+
+class IdentityProjector(nn.Module):
+    """Code vectors passed through: for tokenizers whose code dim already equals the encoder width."""
+
+    def __init__(self, code_dim: int, vocab_size: int, width: int, **_: object) -> None:
+        super().__init__()
+        if code_dim != width:
+            raise ConfigError(
+                f"the identity projector needs code_dim == encoder width, got {code_dim} and {width}; use 'mlp'"
+            )
+        self.code_dim, self.vocab_size, self.width = code_dim, vocab_size, width
+
+    def forward(self, codes: Tensor, indices: Tensor | None = None, code_table: Callable[[], Tensor] | None = None) -> Tensor:
+        return codes

@@ -1,0 +1,1 @@
+"""The composed TokLIP model and its parts."""
