@@ -24,8 +24,8 @@ from toklip.hookspecs import hookimpl
 from toklip.plugins import get_host, get_spec, list_components, temp_plugin, use_host
 
 _LAZY = {
-    "build": "toklip.build:build",
-    "list_presets": "toklip.build:list_presets",
+    "build": "toklip.factory:build",
+    "list_presets": "toklip.factory:list_presets",
     "load_official": "toklip.checkpoints:load_official",
     "from_pretrained": "toklip.pretrained:from_pretrained",
     "TokLIP": "toklip.model.toklip:TokLIP",
@@ -71,7 +71,7 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     from toklip.attention import attention_backend
-    from toklip.build import build, list_presets
+    from toklip.factory import build, list_presets
     from toklip.checkpoints import load_official
     from toklip.config import TokLIPConfig
     from toklip.model.toklip import TokenizeOutput, TokLIP

@@ -195,7 +195,7 @@ def load_official(
     the official-architecture ``config.json`` format of the parity fixtures (any size); without it the size is
     inferred from ``pos_embed`` (TokLIP-S-256 or TokLIP-L-384).
     """
-    from toklip.build import build_from_config, resolve_config
+    from toklip.factory import build_from_config, resolve_config
 
     state = unwrap_state_dict(read_checkpoint(checkpoint))
     cfg = resolve_config(config if config is not None else infer_preset(state))

@@ -62,7 +62,7 @@ def from_pretrained(
     dtype: torch.dtype | None = None,
 ) -> Any:
     """Load a model saved with ``save_pretrained`` from a folder or a hub repo id."""
-    from toklip.build import build_from_config
+    from toklip.factory import build_from_config
     from toklip.config import TokLIPConfig
 
     cfg = TokLIPConfig.from_json(_locate(source, CONFIG_NAME, revision))

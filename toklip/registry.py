@@ -126,10 +126,12 @@ class ComponentSpec:
     def check_requirements(self) -> None:
         missing = self.missing_requirements()
         if missing:
-            names = [m.split()[0] for m in missing]
-            extras = sorted({EXTRAS[n] for n in _pip_names(names) if n in EXTRAS})
+            from packaging.requirements import Requirement
+
+            reqs = [Requirement(m.split(" (")[0]) for m in missing]
+            extras = sorted({EXTRAS[r.name] for r in reqs if r.name in EXTRAS})
             fix = f'pip install "toklip[{",".join(extras)}]"' if extras else "pip install " + " ".join(
-                f'"{n}"' for n in names
+                f'"{r}"' for r in reqs
             )
             raise MissingDependencyError(
                 f"{kind_label(self.kind)} {self.name!r} needs {', '.join(missing)}.\n  {fix}"
@@ -163,10 +165,6 @@ class ComponentSpec:
 
     def create(self, **kwargs: Any) -> Any:
         return self.load()(**{**self.defaults, **kwargs})
-
-
-def _pip_names(names: Sequence[str]) -> list[str]:
-    return [PIP_NAMES.get(n, n) for n in names]
 
 
 def natural_key(name: str) -> list[Any]:

@@ -58,7 +58,7 @@ def resolve_config(source: str | Path | Mapping[str, Any] | TokLIPConfig) -> Tok
             raise ConfigError(f"{path} is not valid JSON: {e}") from e
         return _from_mapping(data)
     spec = get_host().get("preset", text)
-    cfg = TokLIPConfig.from_dict(preset_data(spec))
+    cfg = _from_mapping(preset_data(spec))
     cfg.name = cfg.name or spec.name
     return cfg
 
@@ -128,7 +128,7 @@ def build(
 
     official = None
     if pretrained is True and preset is not None and isinstance(preset, str):
-        spec = get_host().get("preset", preset) if not Path(preset).suffix else None
+        spec = None if Path(preset).expanduser().exists() else get_host().get("preset", preset)
         if spec is not None and spec.pretrained:
             from toklip.hub import resolve_weights
 

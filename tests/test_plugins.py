@@ -1,0 +1,228 @@
+"""The plugin host: discovery through real entry points (fake installed distributions), isolation of broken
+plugins, duplicates, strict mode, environment switches, and a third-party VQ tokenizer used by build()."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+import torch
+
+import toklip
+from toklip.errors import (
+    AmbiguousComponentError,
+    PluginLoadError,
+    UnknownComponentError,
+)
+from toklip.plugins import PluginHost, use_host
+from toklip.testing import fake_distribution
+
+THIRD_PARTY_VQ = '''
+import toklip
+
+@toklip.hookimpl
+def register_vq_tokenizers(register):
+    register("pixelvq", "{module}_model:build", aliases=("pvq",), summary="a third-party tokenizer")
+    register("pixelvq-test", "{module}_model:build", defaults={{"grid_ds": 4}})
+'''
+
+THIRD_PARTY_MODEL = '''
+import torch
+from torch import nn
+from toklip.protocols import VQEncoding
+from toklip.vq_base import VQTokenizerBase
+
+class PixelVQ(VQTokenizerBase):
+    """Average-pool to a grid, quantise each pooled RGB value to 4 levels per channel (64 codes)."""
+    def __init__(self, grid_ds=8):
+        super().__init__()
+        self.code_dim, self.vocab_size, self.downsample = 3, 64, grid_ds
+        self.scale = nn.Parameter(torch.ones(()), requires_grad=False)
+    def _encode(self, images):
+        pooled = torch.nn.functional.avg_pool2d(images, self.downsample)
+        digits = ((pooled.clamp(-1, 1) + 1) / 2 * 3).round().long()
+        idx = digits[:, 0] + 4 * digits[:, 1] + 16 * digits[:, 2]
+        return VQEncoding(indices=idx, codes=self.indices_to_codes(idx), latent=pooled)
+    def indices_to_codes(self, indices):
+        d = torch.stack([indices % 4, indices // 4 % 4, indices // 16], -1).float()
+        return d / 3 * 2 - 1
+    def _decode_codes(self, codes_bchw):
+        return torch.nn.functional.interpolate(codes_bchw * self.scale, scale_factor=self.downsample)
+
+def build(grid_ds=8):
+    return PixelVQ(grid_ds)
+'''
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    path = tmp_path / "site"
+    path.mkdir()
+    monkeypatch.syspath_prepend(str(path))
+    yield path
+    importlib.invalidate_caches()
+    for name in [m for m in sys.modules if m.startswith("tp_")]:
+        del sys.modules[name]
+
+
+def _install(site, dist, module, source, *, entry_name=None, requires=(), extra_modules=None):
+    modules = {module: source, **(extra_modules or {})}
+    fake_distribution(site, dist, entry_points={"toklip": {entry_name or dist: module}}, requires=requires,
+                      modules=modules)
+    importlib.invalidate_caches()
+
+
+def _host(**kw):
+    host = PluginHost(autoload=True, **kw)
+    return host
+
+
+def test_third_party_vq_is_discovered_and_used_by_build(site):
+    _install(site, "toklip-plugin-pixel", "tp_pixel", THIRD_PARTY_VQ.format(module="tp_pixel"),
+             entry_name="pixel", extra_modules={"tp_pixel_model": THIRD_PARTY_MODEL})
+    host = _host(strict=True)
+    with use_host(host):
+        assert "pixelvq" in toklip.list_components("vq")
+        spec = toklip.get_spec("vq", "pvq")
+        assert spec.name == "pixelvq"
+        assert spec.provider.dist == "toklip-plugin-pixel" and spec.provider.version == "0.1.0"
+        model = toklip.build(vq="pixelvq-test", encoder="siglip2-test", projector="mlp-test")
+        assert model.image_size == 8 * 4  # siglip2-test grid (8) x the plugin's downsample (4)
+        images = torch.rand(2, 3, 32, 32) * 2 - 1
+        out = model.tokenize(images)
+        assert out.indices.shape == (2, 64) and out.codes.shape == (2, 64, 3)
+        assert model.decode(out.indices).shape == (2, 3, 32, 32)
+        record = next(r for r in host.records() if r.name == "pixel")
+        assert record.status == "ok" and record.hooks == ("register_vq_tokenizers",)
+
+
+def test_broken_plugin_warns_once_and_everything_else_works(site):
+    _install(site, "toklip-plugin-broken", "tp_broken", "import does_not_exist_anywhere\n", entry_name="broken")
+    host = _host(strict=False)
+    with use_host(host), pytest.warns(RuntimeWarning, match="broken.*ModuleNotFoundError"):
+        names = toklip.list_components("vq")
+    assert "llamagen" in names
+    record = next(r for r in host.records() if r.name == "broken")
+    assert record.status == "broken" and "does_not_exist_anywhere" in record.error
+    with use_host(host):
+        with pytest.raises(UnknownComponentError, match="broken"):
+            toklip.get_spec("vq", "whatever-it-provided")
+
+
+def test_strict_mode_raises(site, monkeypatch):
+    _install(site, "toklip-plugin-broken", "tp_broken2", "raise RuntimeError('boom')\n", entry_name="broken2")
+    monkeypatch.setenv("TOKLIP_STRICT_PLUGINS", "1")
+    host = _host()
+    with pytest.raises(PluginLoadError, match="boom"):
+        host.load_plugins()
+
+
+def test_misspelled_hook_is_caught(site):
+    source = "import toklip\n@toklip.hookimpl\ndef register_vq_tokenisers(register):\n    pass\n"
+    _install(site, "toklip-plugin-typo", "tp_typo", source, entry_name="typo")
+    host = _host(strict=False)
+    with pytest.warns(RuntimeWarning, match="register_vq_tokenisers"):
+        host.load_plugins()
+    assert next(r for r in host.records() if r.name == "typo").status == "broken"
+
+
+def test_same_entry_point_from_two_distributions_names_both(site):
+    src = THIRD_PARTY_VQ.format(module="tp_a")
+    _install(site, "toklip-plugin-a", "tp_a", src, entry_name="same",
+             extra_modules={"tp_a_model": THIRD_PARTY_MODEL})
+    _install(site, "evil-fork", "tp_b", src.replace("tp_a", "tp_b"), entry_name="same",
+             extra_modules={"tp_b_model": THIRD_PARTY_MODEL})
+    host = _host(strict=False)
+    with pytest.warns(RuntimeWarning, match="evil-fork.*toklip-plugin-a|toklip-plugin-a.*evil-fork"):
+        host.load_plugins()
+    rec = next(r for r in host.records() if r.name == "same")
+    assert rec.status == "duplicate" and "evil-fork" in rec.error and "toklip-plugin-a" in rec.error
+
+
+def test_same_component_from_two_plugins_is_ambiguous(site):
+    for dist, mod in [("toklip-plugin-a", "tp_c"), ("toklip-plugin-b", "tp_d")]:
+        _install(site, dist, mod, THIRD_PARTY_VQ.format(module=mod), entry_name=mod,
+                 extra_modules={f"{mod}_model": THIRD_PARTY_MODEL})
+    with use_host(_host(strict=True)):
+        with pytest.raises(AmbiguousComponentError) as e:
+            toklip.get_spec("vq", "pixelvq")
+    assert "toklip-plugin-a" in str(e.value) and "toklip-plugin-b" in str(e.value)
+
+
+def test_builtin_names_are_reserved(site):
+    src = "import toklip\n@toklip.hookimpl\ndef register_vq_tokenizers(register):\n    register('llamagen', 'x.y:z')\n"
+    _install(site, "toklip-plugin-squat", "tp_squat", src, entry_name="squat")
+    host = _host(strict=False)
+    with use_host(host), pytest.warns(RuntimeWarning, match="reserved"):
+        spec = host.registry("vq").find("llamagen")
+    assert spec.provider.plugin == "builtin"
+    assert next(r for r in host.records() if r.name == "squat").status == "conflict"
+
+
+def test_incompatible_toklip_requirement(site):
+    _install(site, "toklip-plugin-future", "tp_future", "raise AssertionError('must not be imported')\n",
+             entry_name="future", requires=["toklip>=99"])
+    host = _host(strict=False)
+    with pytest.warns(RuntimeWarning, match="requires toklip>=99"):
+        host.load_plugins()
+    assert next(r for r in host.records() if r.name == "future").status == "incompatible"
+
+
+def test_environment_switches(site, monkeypatch):
+    _install(site, "toklip-plugin-pixel", "tp_env", THIRD_PARTY_VQ.format(module="tp_env"), entry_name="pixel",
+             extra_modules={"tp_env_model": THIRD_PARTY_MODEL})
+    monkeypatch.setenv("TOKLIP_DISABLE_PLUGINS", "pixel")
+    host = _host(strict=True)
+    assert "pixelvq" not in host.registry("vq")
+    assert next(r for r in host.records() if r.name == "pixel").status == "blocked"
+    monkeypatch.delenv("TOKLIP_DISABLE_PLUGINS")
+    monkeypatch.setenv("TOKLIP_LOAD_PLUGINS", "")
+    host = _host(strict=True)
+    assert "pixelvq" not in host.registry("vq")
+    monkeypatch.setenv("TOKLIP_LOAD_PLUGINS", "pixel")
+    assert "pixelvq" in _host(strict=True).registry("vq")
+
+
+def test_discovery_order_is_deterministic(site):
+    for name in ["zeta", "alpha", "mid"]:
+        src = (f"import toklip\n@toklip.hookimpl\ndef register_fusions(register):\n"
+               f"    register('{name}-fusion', 'toklip.builtin.fusions:SumFusion')\n")
+        _install(site, f"toklip-plugin-{name}", f"tp_{name}", src, entry_name=name)
+    host = _host(strict=True)
+    names = [r.name for r in host.records()]
+    assert names == sorted(names)
+
+
+def test_temp_plugin_registers_and_unregisters():
+    class Plugin:
+        @toklip.hookimpl
+        def register_fusions(self, register):
+            register("twice", "toklip.builtin.fusions:SumFusion")
+
+    with toklip.temp_plugin(Plugin(), name="tmp"):
+        assert "twice" in toklip.list_components("fusion")
+    assert "twice" not in toklip.list_components("fusion")
+
+
+def test_a_hook_that_raises_marks_only_its_plugin_broken():
+    class Bad:
+        @toklip.hookimpl
+        def register_fusions(self, register):
+            register("Bad Name!", "x:y")
+
+    host = PluginHost(autoload=False, strict=False)
+    host.register_plugin(Bad(), name="bad")
+    with pytest.warns(RuntimeWarning, match="invalid fusion name"):
+        names = host.registry("fusion").names()
+    assert "concat" in names
+    assert next(r for r in host.records() if r.name == "bad").status == "broken"
+
+
+def test_import_toklip_does_not_import_torch_or_plugins():
+    import subprocess
+
+    code = ("import sys, toklip; assert 'torch' not in sys.modules, 'torch imported';"
+            "assert toklip.plugins._host is None, 'host created at import'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
