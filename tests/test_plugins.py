@@ -226,3 +226,87 @@ def test_import_toklip_does_not_import_torch_or_plugins():
             "assert toklip.plugins._host is None, 'host created at import'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+class CountingBackend:
+    """An attention backend that delegates to sdpa and counts calls."""
+
+    name = "counting"
+    calls = 0
+
+    def supports(self, q, *, causal, has_mask):
+        return None
+
+    def __call__(self, q, k, v, *, causal, attn_mask=None, scale=None):
+        type(self).calls += 1
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+class EveryKindPlugin:
+    """One third-party component of every kind, registered through every hook."""
+
+    @toklip.hookimpl
+    def register_encoders(self, register):
+        register("siglip2-wide-test", "toklip.builtin.siglip2:SigLIP2Encoder",
+                 defaults={"model": "siglip2-test", "vision": {"embed_dim": 96, "num_heads": 6}})
+
+    @toklip.hookimpl
+    def register_projectors(self, register):
+        register("wide-mlp-test", "toklip.builtin.projectors:MLPProjector", defaults={"hidden": 8})
+
+    @toklip.hookimpl
+    def register_attention_modes(self, register):
+        register("causal-again", "toklip.builtin.attention:causal")
+
+    @toklip.hookimpl
+    def register_attn_backends(self, register):
+        register("counting", "tests.test_plugins:CountingBackend")
+
+    @toklip.hookimpl
+    def register_fusions(self, register):
+        register("sum-again", "toklip.builtin.fusions:SumFusion")
+
+    @toklip.hookimpl
+    def register_presets(self, register):
+        register("tiny-wide", {"vq": "llamagen-test", "encoder": "siglip2-wide-test", "projector": "wide-mlp-test",
+                               "attention": "causal-again", "attn_backend": "counting", "fusion": "sum-again"})
+
+    @toklip.hookimpl
+    def register_commands(self, cli):
+        import click
+
+        @cli.command("hello")
+        def hello():
+            """Say hello from a plugin."""
+            click.echo("hello from a plugin")
+
+
+def test_a_plugin_can_provide_every_kind():
+    from click.testing import CliRunner
+
+    from toklip.cli import LazyGroup
+
+    with toklip.temp_plugin(EveryKindPlugin(), name="every"):
+        model = toklip.build("tiny-wide")
+        assert model.token_encoder.width == 96 and model.projector.hidden == 8
+        before = CountingBackend.calls
+        with torch.no_grad():
+            out = model.tokenize(torch.rand(1, 3, 64, 64) * 2 - 1)
+        assert CountingBackend.calls - before == 2  # one call per transformer block
+        assert model.fuse(out).shape == (1, 64, 96)
+
+        @click_group()
+        def root():
+            pass
+
+        assert isinstance(root, LazyGroup)
+        result = CliRunner().invoke(root, ["hello"])
+        assert result.output.strip() == "hello from a plugin"
+
+
+def click_group():
+    import click
+
+    from toklip.cli import LazyGroup
+
+    return click.group(cls=LazyGroup)
