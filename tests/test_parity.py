@@ -190,3 +190,28 @@ def test_card_example_builds_toklip_s_architecture(fixture_paths):
     ours = {toklip_to_official_key(k): tuple(v.shape) for k, v in model.state_dict().items()
             if not k.startswith("fusion.")}
     assert ours == expected
+
+
+def test_meta_device_loading_equals_a_normal_build(fixture_paths):
+    """load_official builds on the meta device and adopts the checkpoint tensors; the result must equal a
+    randomly-initialised build loaded the ordinary way, and nothing may stay on the meta device."""
+    from toklip.checkpoints import (
+        _optional_toklip_keys,
+        load_state_dict_strict,
+        official_state_to_toklip,
+        read_checkpoint,
+        unwrap_state_dict,
+    )
+    from toklip.factory import build_from_config, resolve_config
+
+    fast = toklip.load_official(fixture_paths["pt"], config=fixture_paths["config"])
+    cfg = resolve_config(fixture_paths["config"])
+    slow = build_from_config(cfg)
+    state = official_state_to_toklip(unwrap_state_dict(read_checkpoint(fixture_paths["pt"])))
+    load_state_dict_strict(slow, state, source="x", allow_missing=_optional_toklip_keys(slow))
+    assert not any(t.is_meta for t in [*fast.parameters(), *fast.buffers()])
+    sf, ss = fast.state_dict(), slow.state_dict()
+    assert all(torch.equal(sf[k], ss[k]) for k in state)
+    assert {n for n, p in fast.named_parameters() if p.requires_grad} == \
+           {n for n, p in slow.named_parameters() if p.requires_grad}
+    assert fast.fusion.proj.weight.abs().sum() > 0  # toklip-only layers get a real init

@@ -115,10 +115,15 @@ def _report(title: str, keys: list[str], limit: int = 12) -> str:
 
 
 def load_state_dict_strict(
-    module: nn.Module, state: Mapping[str, Tensor], *, source: str, allow_missing: set[str] = frozenset()
+    module: nn.Module,
+    state: Mapping[str, Tensor],
+    *,
+    source: str,
+    allow_missing: set[str] = frozenset(),
+    assign: bool = False,
 ) -> list[str]:
     """Load every key with matching shapes, or raise a CheckpointError listing what differs. Returns the
-    allowed keys that were missing."""
+    allowed keys that were missing. ``assign=True`` adopts the checkpoint tensors (for meta-device models)."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -138,7 +143,7 @@ def load_state_dict_strict(
             lines.append(_report("shape mismatch", mismatched))
         lines.append("  (wrong config, image size or preset? toklip never loads partially by shape filtering)")
         raise CheckpointError("\n".join(lines))
-    module.load_state_dict(dict(state), strict=False)
+    module.load_state_dict(dict(state), strict=False, assign=assign)
     return [k for k in missing if k in allow_missing]
 
 
@@ -199,12 +204,43 @@ def load_official(
 
     state = unwrap_state_dict(read_checkpoint(checkpoint))
     cfg = resolve_config(config if config is not None else infer_preset(state))
-    model = build_from_config(cfg)
     mapped = official_state_to_toklip(state)
-    load_state_dict_strict(model, mapped, source=str(checkpoint), allow_missing=_optional_toklip_keys(model))
+    # Build on the meta device and adopt the checkpoint's tensors: no random init of ~1.2B parameters and no
+    # second copy in memory. Falls back to a normal build if a module cannot be materialised that way.
+    model = build_from_config(cfg, device="meta")
+    load_state_dict_strict(model, mapped, source=str(checkpoint), allow_missing=_optional_toklip_keys(model),
+                           assign=True)
+    if not materialize_missing(model):
+        model = build_from_config(cfg)
+        load_state_dict_strict(model, mapped, source=str(checkpoint), allow_missing=_optional_toklip_keys(model))
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model.eval()
+
+
+def materialize_missing(model: nn.Module) -> bool:
+    """Give real storage and fresh init to whatever a meta-device model did not get from the checkpoint.
+
+    Returns False when some module cannot be re-initialised in place (no ``reset_parameters``, or a
+    non-persistent buffer computed at construction), so the caller can build normally instead."""
+    persistent = set(model.state_dict())
+    for name, buf in model.named_buffers():
+        if buf.is_meta and name not in persistent:
+            return False
+    with torch.no_grad():  # own, aligned storage: results must not depend on where the checkpoint came from
+        for t in [*model.parameters(), *model.buffers()]:
+            if not t.is_meta:
+                t.data = t.data.clone(memory_format=torch.contiguous_format)
+    for module in model.modules():
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if not any(t.is_meta for t in own):
+            continue
+        if not hasattr(module, "reset_parameters"):
+            return False
+        module.to_empty(device="cpu", recurse=False)
+        with torch.no_grad():
+            module.reset_parameters()
+    return True
 
 
 def _optional_toklip_keys(model: nn.Module) -> set[str]:

@@ -32,6 +32,10 @@ class WeightedSumFusion(SumFusion):
         super().__init__(low_dim, high_dim, out_dim)
         self.weight_logit = nn.Parameter(torch.zeros(()))
 
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight_logit.zero_()
+
     def forward(self, low: Tensor, high: Tensor) -> Tensor:
         a = torch.sigmoid(self.weight_logit)
         return (1 - a) * self.low_proj(low) + a * self.high_proj(high)

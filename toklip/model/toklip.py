@@ -62,7 +62,8 @@ class TokLIP(nn.Module):
         self.token_encoder = token_encoder
         self.text = text
         self.fusion = fusion
-        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        self.init_logit_scale, self.init_logit_bias = float(init_logit_scale), init_logit_bias
+        self.logit_scale = nn.Parameter(torch.tensor(self.init_logit_scale))
         self.logit_bias = None if init_logit_bias is None else nn.Parameter(torch.tensor(float(init_logit_bias)))
         self.tokenizer = tokenizer
         self.attention_mode = attention
@@ -74,6 +75,13 @@ class TokLIP(nn.Module):
         self.encoder_builder = encoder_builder
         if self.text is not None:
             self.text.requires_grad_(False)
+
+    def reset_parameters(self) -> None:
+        """Reset the model's own scalars (``logit_scale``, ``logit_bias``) to their initial values."""
+        with torch.no_grad():
+            self.logit_scale.fill_(self.init_logit_scale)
+            if self.logit_bias is not None and self.init_logit_bias is not None:
+                self.logit_bias.fill_(float(self.init_logit_bias))
 
     # ----------------------------------------------------------------- settings
     @property
