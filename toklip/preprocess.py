@@ -60,8 +60,8 @@ def load_image(src: Any, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
             raise InputError(f"{name} is too large to decode safely: {e}") from e
         except UnidentifiedImageError as e:
             raise InputError(f"{name} is not an image format Pillow can read") from e
-        except (OSError, SyntaxError, ValueError) as e:
-            raise InputError(f"{name} could not be decoded (truncated or corrupt?): {e}") from e
+        except Exception as e:  # noqa: BLE001 - decoders raise OSError, EOFError, zlib.error, struct.error, ...
+            raise InputError(f"{name} could not be decoded (truncated or corrupt?): {type(e).__name__}: {e}") from e
     if getattr(image, "is_animated", False):
         image.seek(0)  # first frame of an animation
     try:

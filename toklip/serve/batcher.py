@@ -64,6 +64,7 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None  # set while nothing is queued or running
         self._running = False
+        self._running_jobs: list[_Job] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="toklip-model")
@@ -95,28 +96,38 @@ class Batcher:
         self._pending[op].append(job)
         self._set_depth(self._depth + n)
         self._wake.set()
-        return await job.future  # a cancelled wait cancels the future; the loop then skips the job
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._withdraw(job)  # the caller gave up (timeout, disconnect): free its queue slots now
+            raise
 
     async def close(self, drain_timeout_s: float = 30.0) -> None:
-        """Stop accepting jobs, finish the queued ones (bounded by ``drain_timeout_s``), stop the thread."""
+        """Stop accepting jobs and run the queued ones at once (no batch waiting); jobs still unfinished after
+        ``drain_timeout_s`` are failed with ``ShuttingDown``."""
         self._closing = True
-        if self._task is not None and self._idle is not None:
+        if self._task is not None and self._idle is not None and self._wake is not None:
+            self._wake.set()
             try:
                 await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
             except asyncio.TimeoutError:
-                log.warning("shutdown: %d queued items did not finish within %.0f s", self._depth, drain_timeout_s)
+                log.warning("shutdown: %d queued items and %d running jobs did not finish within %g s",
+                            self._depth, len(self._running_jobs), drain_timeout_s)
+        running = list(self._running_jobs)
+        if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        leftover = [*running, *(job for queue in self._pending.values() for job in queue)]
+        for job in leftover:
+            if not job.future.done():
+                job.future.set_exception(ShuttingDown("the server shut down before this request ran"))
         for queue in self._pending.values():
-            while queue:
-                job = queue.popleft()
-                if not job.future.done():
-                    job.future.set_exception(ShuttingDown("the server shut down before this request ran"))
+            queue.clear()
         self._set_depth(0)
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ internals
     def _set_depth(self, depth: int) -> None:
@@ -130,6 +141,14 @@ class Batcher:
                 self._idle.set()
             else:
                 self._idle.clear()
+
+    def _withdraw(self, job: _Job) -> None:
+        queue = self._pending[job.op]
+        if job in queue:
+            queue.remove(job)
+            self._set_depth(self._depth - job.n)
+            if self._wake is not None:
+                self._wake.set()
 
     def _prune(self) -> None:
         """Drop jobs whose caller stopped waiting (timeout, disconnect)."""
@@ -160,29 +179,25 @@ class Batcher:
                 await self._wake.wait()
                 continue
             deadline = self._pending[op][0].enqueued + self.max_wait_s
-            while self._count(op) < self.max_batch and not self._closing:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
+            remaining = deadline - time.monotonic()
+            if self._count(op) < self.max_batch and remaining > 0 and not self._closing:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), remaining)
                 except asyncio.TimeoutError:
-                    break
-            self._prune()
-            jobs = self._take(op) if self._pending[op] else []
-            if not jobs:
-                continue
+                    pass
+                continue  # look again: jobs may have joined or left, another operation may now be older
+            jobs = self._take(op)
             t0 = time.perf_counter()
-            self._running = True
+            self._running, self._running_jobs = True, jobs
             self._update_idle()
             try:
                 results = await loop.run_in_executor(self._executor, self._run, op, jobs)
             finally:
-                self._running = False
+                self._running, self._running_jobs = False, []
                 self._update_idle()
             self._on_batch(op, sum(j.n for j in jobs), time.perf_counter() - t0)
-            for job, (ok, value) in zip(jobs, results):
+            for job, (ok, value) in zip(jobs, results, strict=True):
                 if job.future.done():
                     continue
                 if ok:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -118,9 +117,6 @@ class Engine:
         self.run_decode([out["indices"].reshape(1, h, w)])
         if self.info.has_text:
             self.run_texts([["a photo"]])
-
-    def normalize(self, pooled: Tensor) -> Tensor:
-        return F.normalize(pooled, dim=-1)
 
 
 def _split(batch: dict[str, Tensor], sizes: list[int]) -> list[dict[str, Tensor]]:

@@ -1,0 +1,163 @@
+// The toklip page: tokenize a dropped image, show its VQ reconstruction and token grid, and score labels.
+// Plain JS, no build step, nothing loaded from elsewhere. Every user string goes through textContent.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let current = null; // the File being shown
+let info = null; // GET /v1/info
+let objectUrls = [];
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+function headers(extra = {}) {
+  const key = $("apikey").value.trim();
+  return key ? { ...extra, Authorization: "Bearer " + key } : extra;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: headers(options.headers || {}) });
+  if (!response.ok) {
+    let message = response.status + " " + response.statusText;
+    try {
+      const body = await response.json();
+      if (body && body.error) message = response.status + ": " + body.error.message;
+    } catch (e) { /* not JSON: keep the status line */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+async function loadInfo() {
+  try {
+    info = await (await api("/v1/info")).json();
+    $("model").textContent = `${info.name}: ${info.image_size}px → ${info.grid[0]}×${info.grid[1]} tokens, ` +
+      `${info.vocab_size} codes, ${info.attention} attention, on ${info.device}`;
+  } catch (e) {
+    $("model").textContent = "model info unavailable (" + e.message + ")";
+  }
+}
+
+function trackUrl(url) {
+  objectUrls.push(url);
+  return url;
+}
+
+function colour(t) {
+  // a small perceptual-ish ramp: dark blue -> teal -> yellow
+  const stops = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+  const x = Math.min(Math.max(t, 0), 1) * (stops.length - 1);
+  const i = Math.min(Math.floor(x), stops.length - 2);
+  const f = x - i;
+  return stops[i].map((c, k) => Math.round(c + f * (stops[i + 1][k] - c)));
+}
+
+function drawGrid(indices, grid, vocab) {
+  const [h, w] = grid;
+  const canvas = $("grid");
+  canvas.width = w;
+  canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(w, h);
+  indices.forEach((id, n) => {
+    const [r, g, b] = colour(vocab > 1 ? id / (vocab - 1) : 0);
+    img.data.set([r, g, b, 255], n * 4);
+  });
+  ctx.putImageData(img, 0, 0);
+  canvas.dataset.indices = JSON.stringify(indices);
+  canvas.onmousemove = (ev) => {
+    const rect = canvas.getBoundingClientRect();
+    const col = Math.floor(((ev.clientX - rect.left) / rect.width) * w);
+    const row = Math.floor(((ev.clientY - rect.top) / rect.height) * h);
+    if (row >= 0 && row < h && col >= 0 && col < w) {
+      $("cell").textContent = `(row ${row}, col ${col}): code ${indices[row * w + col]}`;
+    }
+  };
+}
+
+async function handle(file) {
+  if (!file) return;
+  current = file;
+  objectUrls.forEach((u) => URL.revokeObjectURL(u));
+  objectUrls = [];
+  $("original").src = trackUrl(URL.createObjectURL(file));
+  $("recon").removeAttribute("src");
+  $("scores").replaceChildren();
+  try {
+    setStatus("tokenizing…");
+    const form = new FormData();
+    form.append("image", file);
+    const tok = await (await api("/v1/tokenize", { method: "POST", body: form })).json();
+    const indices = tok.indices[0];
+    drawGrid(indices, tok.grid, tok.vocab_size);
+    setStatus("decoding…");
+    const decoded = await api("/v1/decode", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ indices: [indices] }),
+    });
+    $("recon").src = trackUrl(URL.createObjectURL(await decoded.blob()));
+    const distinct = new Set(indices).size;
+    $("recon-info").textContent = `(${indices.length} tokens, ${distinct} distinct codes)`;
+    await score();
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+async function score() {
+  if (!current) {
+    setStatus("choose an image first");
+    return;
+  }
+  const labels = $("labels").value.split("\n").map((s) => s.trim()).filter((s) => s.length > 0);
+  if (labels.length === 0) {
+    setStatus("type at least one label");
+    return;
+  }
+  try {
+    setStatus("scoring…");
+    const form = new FormData();
+    form.append("image", current);
+    labels.forEach((label) => form.append("texts", label));
+    const sim = await (await api("/v1/similarity", { method: "POST", body: form })).json();
+    const probs = sim.probs[0];
+    const cosine = sim.cosine[0];
+    const order = labels.map((_, i) => i).sort((a, b) => probs[b] - probs[a]);
+    const items = order.map((i) => {
+      const li = document.createElement("li");
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = (probs[i] * 12).toFixed(2) + "em";
+      const text = document.createElement("span");
+      text.textContent = `${(probs[i] * 100).toFixed(1)}%  ${labels[i]}  (cosine ${cosine[i].toFixed(3)})`;
+      li.append(bar, text);
+      li.dataset.label = labels[i];
+      li.dataset.prob = String(probs[i]);
+      return li;
+    });
+    $("scores").replaceChildren(...items);
+    setStatus("done");
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+function setup() {
+  const drop = $("drop");
+  $("file").addEventListener("change", (ev) => handle(ev.target.files[0]));
+  drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    drop.classList.remove("over");
+    if (ev.dataTransfer.files.length) handle(ev.dataTransfer.files[0]);
+  });
+  $("score").addEventListener("click", score);
+  $("apikey").addEventListener("change", loadInfo);
+  loadInfo();
+}
+
+setup();
