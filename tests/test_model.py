@@ -181,3 +181,41 @@ def test_preprocess_accepts_common_inputs(tmp_path, model):
     assert a.shape == (3, 64, 64) and torch.equal(a, b) and torch.equal(a, c) and torch.equal(a, d)
     gray = model.preprocess(Image.fromarray(arr[..., 0]))
     assert gray.shape == (3, 64, 64)
+
+
+def llamagen_from_json(config=None, **kwargs):
+    """A VQ factory described by a file or by keyword arguments, exposing `config_kwargs` (the kwargs that
+    rebuild it) like the first-party plugins do."""
+    import json
+
+    from toklip.builtin.llamagen import build_llamagen
+
+    if config is not None:
+        kwargs = json.loads(open(config).read())
+    vq = build_llamagen(**kwargs)
+    vq.config_kwargs = kwargs
+    return vq
+
+
+def test_saved_folders_do_not_depend_on_config_files(tmp_path):
+    import json
+
+    sizes = {"ch": 32, "ch_mult": [1, 1, 2, 2], "z_channels": 32, "num_res_blocks": 1, "codebook_size": 64,
+             "codebook_embed_dim": 8}
+    cfg_file = tmp_path / "vq.json"
+    cfg_file.write_text(json.dumps(sizes))
+
+    class Plugin:
+        @toklip.hookimpl
+        def register_vq_tokenizers(self, register):
+            register("filevq", "tests.test_model:llamagen_from_json")
+            register("filevq-test", "tests.test_model:llamagen_from_json")
+
+    with toklip.temp_plugin(Plugin(), name="filevq"):
+        model = toklip.build("toklip-test", vq={"name": "filevq", "config": str(cfg_file)})
+        model.save_pretrained(tmp_path / "saved")
+        cfg_file.unlink()
+        saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+        assert saved["vq"] == {"name": "filevq", **sizes}
+        again = toklip.from_pretrained(tmp_path / "saved")
+    assert again.vq.vocab_size == 64

@@ -16,6 +16,7 @@ from toklip.errors import ConfigError, close_matches
 
 SCHEMA_VERSION = 1
 RESIZE_MODES = ("shortest", "squash")
+WEIGHT_KWARGS = ("pretrained", "checkpoint")  # component kwargs naming weight files, not architecture
 
 
 @dataclass
@@ -137,9 +138,11 @@ class TokLIPConfig:
         return cls.from_dict(data)
 
     def without_pretrained(self) -> TokLIPConfig:
-        """The same architecture with every component's `pretrained` cleared (weights travel separately)."""
+        """The same architecture with every component's weight sources (`pretrained`, `checkpoint`) cleared:
+        the weights travel separately."""
         cfg = copy.deepcopy(self)
         for ref in (cfg.vq, cfg.encoder, cfg.projector, cfg.fusion):
             if ref is not None:
-                ref.kwargs.pop("pretrained", None)
+                for key in WEIGHT_KWARGS:
+                    ref.kwargs.pop(key, None)
         return cfg

@@ -34,8 +34,20 @@ def save_pretrained(model: Any, directory: str | Path) -> Path:
     tensors = _tensors(model)
     metadata = {"format": "pt", "toklip_version": __version__}
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=metadata))
-    model.config.without_pretrained().to_json(directory / CONFIG_NAME)
+    self_contained_config(model).to_json(directory / CONFIG_NAME)
     return directory
+
+
+def self_contained_config(model: Any) -> Any:
+    """The model's config with no reference to outside files: weight sources dropped, and a component that
+    was described by a file (``config=...``) written out through its ``config_kwargs`` (the keyword arguments
+    that rebuild its architecture), so a saved folder never depends on files that may move."""
+    cfg = model.config.without_pretrained()
+    for ref, module in ((cfg.vq, model.vq), (cfg.projector, model.projector), (cfg.fusion, model.fusion)):
+        arch = getattr(module, "config_kwargs", None)
+        if ref is not None and isinstance(arch, dict):
+            ref.kwargs = {**{k: v for k, v in ref.kwargs.items() if k != "config"}, **arch}
+    return cfg
 
 
 def _locate(source: str | Path, filename: str, revision: str | None) -> Path:
