@@ -3,6 +3,9 @@
 Fixtures:
 - ``toklip_host``: an isolated plugin host (builtins only, installed plugins never autoloaded) made current
   for the test; register your plugin module into it with ``toklip_host.register_plugin(module, name=...)``.
+- ``no_tf32``: true fp32 matmuls and convolutions on CUDA for the duration of a test (parity checks).
+
+Tests marked ``@pytest.mark.gpu`` are skipped when torch sees no CUDA device.
 
 Helpers: :func:`temp_plugin`, :func:`fake_distribution` and the conformance checks in
 :mod:`toklip.testing.conformance` (``check_vq_tokenizer``, ``check_encoder``, ``check_projector``,
@@ -13,13 +16,14 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from toklip.plugins import PluginHost, temp_plugin, use_host
 
-__all__ = ["fake_distribution", "isolated_host", "temp_plugin", "toklip_host"]
+__all__ = ["fake_distribution", "isolated_host", "no_tf32", "plugin_host", "temp_plugin", "toklip_host"]
 
 
 @pytest.fixture
@@ -32,6 +36,47 @@ def toklip_host() -> Iterator[PluginHost]:
 
 def isolated_host(*, strict: bool = True) -> PluginHost:
     return PluginHost(autoload=False, strict=strict)
+
+
+@contextmanager
+def plugin_host(plugin: object, name: str) -> Iterator[PluginHost]:
+    """An isolated, strict host holding toklip's builtins and one plugin module, made current.
+
+    What a plugin's own conftest wants: ``with plugin_host(my_plugin, "mine") as host: yield host``."""
+    host = PluginHost(autoload=False, strict=True)
+    host.register_plugin(plugin, name=name)
+    with use_host(host):
+        yield host
+
+
+@pytest.fixture
+def no_tf32() -> Iterator[None]:
+    """fp32 parity on CUDA needs true fp32 convolutions and matmuls (TF32 is allowed by default for cuDNN)."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any("gpu" in item.keywords for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 def fake_distribution(

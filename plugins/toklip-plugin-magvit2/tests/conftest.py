@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["toklip.testing"]  # fixtures (no_tf32, toklip_host) and the gpu-marker skip
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -15,11 +17,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(autouse=True)
 def host():
     import toklip_plugin_magvit2.plugin as plugin
-    from toklip.plugins import PluginHost, use_host
+    from toklip.testing import plugin_host
 
-    h = PluginHost(autoload=False, strict=True)
-    h.register_plugin(plugin, name="magvit2")
-    with use_host(h):
+    with plugin_host(plugin, name="magvit2") as h:
         yield h
 
 
@@ -40,25 +40,3 @@ def vectors() -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(FIXTURES / "vectors.safetensors"))
-
-
-@pytest.fixture
-def no_tf32():
-    """fp32 parity on CUDA needs true fp32 convolutions and matmuls (TF32 is allowed by default for cuDNN)."""
-    import torch
-
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def pytest_collection_modifyitems(config, items):
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)

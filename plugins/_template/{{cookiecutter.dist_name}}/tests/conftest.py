@@ -4,15 +4,15 @@ import os
 
 import pytest
 
+pytest_plugins = ["toklip.testing"]  # fixtures (toklip_host, no_tf32) and the gpu-marker skip
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 
 
 @pytest.fixture(autouse=True)
 def host():
     import {{ cookiecutter.package_name }}.plugin as plugin
-    from toklip.plugins import PluginHost, use_host
+    from toklip.testing import plugin_host
 
-    h = PluginHost(autoload=False, strict=True)
-    h.register_plugin(plugin, name="{{ cookiecutter.component_name }}")
-    with use_host(h):
+    with plugin_host(plugin, name="{{ cookiecutter.component_name }}") as h:
         yield h
