@@ -185,7 +185,8 @@ def build_from_config(
         _spec("attn_backend", cfg.attn_backend)
 
     target = torch.device(device) if device is not None else None
-    ctx = target if target is not None and target.type == "meta" else contextlib.nullcontext()
+    # Construct directly on the target device (initialising 1.2B parameters on a GPU beats moving them there).
+    ctx = target if target is not None else contextlib.nullcontext()
     with ctx:
         vq = specs["vq"].create(**_with_weights(specs["vq"], cfg.vq.kwargs))
         enc = specs["encoder"].create(**_with_weights(specs["encoder"], cfg.encoder.kwargs))
