@@ -9,6 +9,7 @@ from toklip.hookspecs import hookimpl
 
 _LLAMAGEN = "toklip.builtin.llamagen:build_llamagen"
 _SIGLIP2 = "toklip.builtin.siglip2:SigLIP2Encoder"
+_DFN = "toklip.builtin.dfn:DFNEncoder"
 
 # (name, aliases, open_clip model, patch, image size)
 SIGLIP2_MODELS = [
@@ -21,6 +22,14 @@ SIGLIP2_MODELS = [
     ("siglip2-l-16-256", ("siglip2-l-16",), "ViT-L-16-SigLIP2-256"),
     ("siglip2-l-16-384", (), "ViT-L-16-SigLIP2-384"),
     ("siglip2-l-16-512", (), "ViT-L-16-SigLIP2-512"),
+]
+
+# (name, aliases, open_clip model, weights tag, HF repo under apple/)
+DFN_MODELS = [
+    ("dfn-h-14-378", ("dfn", "dfn5b-h-14-378"), "ViT-H-14-378-quickgelu", "dfn5b", "DFN5B-CLIP-ViT-H-14-378"),
+    ("dfn-h-14", ("dfn5b-h-14",), "ViT-H-14-quickgelu", "dfn5b", "DFN5B-CLIP-ViT-H-14"),
+    ("dfn-l-14", ("dfn2b-l-14",), "ViT-L-14-quickgelu", "dfn2b", "DFN2B-CLIP-ViT-L-14"),
+    ("dfn-b-16", ("dfn2b-b-16",), "ViT-B-16-quickgelu", "dfn2b", "DFN2B-CLIP-ViT-B-16"),
 ]
 
 
@@ -77,6 +86,18 @@ def register_encoders(register):  # type: ignore[no-untyped-def]
         defaults={"model": "siglip2-test"},
         summary="tiny random SigLIP2-architecture encoder with the offline CLIP BPE tokenizer, for tests",
     )
+    for name, aliases, model, tag, repo in DFN_MODELS:
+        register(
+            name,
+            _DFN,
+            aliases=aliases,
+            defaults={"model": model},
+            pretrained={tag: {"hf_hub_id": f"apple/{repo}", "file": "open_clip_pytorch_model.bin",
+                              "license": "apple-amlr"}},
+            summary=f"Apple DFN CLIP {model} via open_clip (class token appended last, last-token pooling)",
+        )
+    register("dfn-test", _DFN, defaults={"model": "dfn-test"},
+             summary="tiny random DFN/CLIP-architecture encoder with the CLIP BPE tokenizer, for tests")
 
 
 @hookimpl

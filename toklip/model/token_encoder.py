@@ -31,7 +31,10 @@ def resize_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int
 
 
 class TokenEncoder(nn.Module):
-    """pos-embed + blocks + norm + pool. ``forward_features`` -> [B, N, D]; ``pool`` -> [B, E]."""
+    """[embed_norm] + pos-embed + [norm_pre] + blocks + norm; then pool + [fc_norm] + [head].
+
+    ``forward_features`` -> [B, N, D]; ``pool`` -> [B, E]. The optional parts mirror a timm ViT's own
+    (``patch_embed.norm``, ``norm_pre``, ``fc_norm``, ``head``) so any ViT-family encoder maps onto it."""
 
     def __init__(
         self,
@@ -46,6 +49,8 @@ class TokenEncoder(nn.Module):
         norm_pre: nn.Module | None = None,
         cls_token: bool = False,
         head: nn.Module | None = None,
+        embed_norm: nn.Module | None = None,
+        fc_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if pool == "map" and attn_pool is None:
@@ -58,10 +63,12 @@ class TokenEncoder(nn.Module):
         n_pos = self.num_tokens + (1 if cls_token else 0)
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, width))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if cls_token else None
+        self.embed_norm = embed_norm if embed_norm is not None else nn.Identity()
         self.norm_pre = norm_pre if norm_pre is not None else nn.Identity()
         self.blocks = blocks
         self.norm = norm
         self.attn_pool = attn_pool
+        self.fc_norm = fc_norm if fc_norm is not None else nn.Identity()
         self.head = head if head is not None else nn.Identity()
         self.grad_checkpointing = False
 
@@ -80,7 +87,7 @@ class TokenEncoder(nn.Module):
 
         Under gradient checkpointing the causal flag is passed to every block explicitly, so recomputation
         keeps the mask (the official code drops it there)."""
-        x = tokens
+        x = self.embed_norm(tokens)
         if self.cls_token is not None:
             x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)], dim=1)
         x = self.norm_pre(x + self.pos_embed.to(x.dtype))
@@ -103,7 +110,7 @@ class TokenEncoder(nn.Module):
             pooled = features[:, -1]
         else:
             pooled = features[:, : self.num_tokens].mean(dim=1)
-        return self.head(pooled)
+        return self.head(self.fc_norm(pooled))
 
 
 def token_encoder_from_timm(vit: nn.Module, grid: tuple[int, int], *, pool: Pool) -> TokenEncoder:
@@ -122,12 +129,14 @@ def token_encoder_from_timm(vit: nn.Module, grid: tuple[int, int], *, pool: Pool
         width=vit.embed_dim,
         embed_dim=head.out_features if head is not None else vit.embed_dim,
         blocks=vit.blocks,
-        norm=vit.norm if pool != "avg" else vit.fc_norm,
+        norm=vit.norm,
         pool=pool,
         attn_pool=attn_pool,
         norm_pre=vit.norm_pre,
         cls_token=has_cls,
         head=head,
+        embed_norm=getattr(vit.patch_embed, "norm", None),  # e.g. AIMv2 normalises patch embeddings
+        fc_norm=vit.fc_norm,
     )
     device = vit.pos_embed.device
     enc.pos_embed = nn.Parameter(torch.zeros_like(enc.pos_embed, device=device))
