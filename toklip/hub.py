@@ -6,6 +6,7 @@ the file and the local-path alternative.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from toklip.errors import WeightsNotFoundError
@@ -29,12 +30,19 @@ def hub_file(repo_id: str, filename: str, *, revision: str | None = None, what: 
         ) from e
 
 
-def resolve_weights(spec: ComponentSpec, pretrained: bool | str) -> Path:
-    """Turn ``pretrained`` (True = the first tag, a tag name, or a local path) into a local file."""
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_weights(spec: ComponentSpec, pretrained: bool | str) -> Path | str:
+    """Turn ``pretrained`` into what the component loads: True (the first tag) or a tag name -> the file from the
+    hub cache; a local file or folder -> its path; a hub repo id ("owner/name") -> passed through for components
+    that read whole repos (e.g. a transformers checkpoint)."""
     if isinstance(pretrained, (str, Path)) and not (isinstance(pretrained, str) and pretrained in spec.pretrained):
         path = Path(pretrained).expanduser()
-        if path.is_file():
+        if path.exists():
             return path
+        if isinstance(pretrained, str) and REPO_ID.match(pretrained):
+            return pretrained
         tags = ", ".join(spec.pretrained) or "none"
         raise WeightsNotFoundError(
             f"pretrained={str(pretrained)!r} for {spec.kind} {spec.name!r} is neither an existing file nor a "
@@ -50,7 +58,7 @@ def resolve_weights(spec: ComponentSpec, pretrained: bool | str) -> Path:
     return hub_file(weights.hf_hub_id, weights.file, what=f"{spec.name} weights ({weights.tag})")
 
 
-def resolve_component_weights(kind: str, name: str, pretrained: bool | str) -> Path:
+def resolve_component_weights(kind: str, name: str, pretrained: bool | str) -> Path | str:
     from toklip.plugins import get_spec
 
     return resolve_weights(get_spec(kind, name), pretrained)

@@ -90,6 +90,7 @@ class OpenCLIPEncoderBase:
         return self._state
 
     def _read_pretrained(self, pretrained: bool | str) -> dict[str, Tensor]:
+        """An open_clip state dict from a local file (toklip.build resolves weight tags to files first)."""
         from toklip.checkpoints import read_checkpoint, unwrap_state_dict
         from toklip.hub import resolve_component_weights
 

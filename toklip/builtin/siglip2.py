@@ -2,7 +2,8 @@
 
 Random init needs no network. ``pretrained="webli"`` (or True) reads open_clip's release for the model from
 the HF hub (``timm/<open_clip name>``); ``pretrained="/path/file"`` reads a local open_clip state dict, such as
-the teacher files the official ``covert.py`` writes.
+the teacher files the official ``covert.py`` writes. With ``source="hf"``, ``pretrained`` is a transformers
+``SiglipModel`` checkpoint instead: a hub repo id (``google/siglip2-so400m-patch16-256``) or a local folder.
 """
 
 from __future__ import annotations
@@ -38,11 +39,23 @@ class SigLIP2Encoder(OpenCLIPEncoderBase):
         }
     }
 
-    def __init__(self, model: str = "ViT-SO400M-16-SigLIP2-256", **kwargs: Any) -> None:
+    def __init__(self, model: str = "ViT-SO400M-16-SigLIP2-256", *, source: str = "open_clip", **kwargs: Any) -> None:
+        if source not in ("open_clip", "hf"):
+            from toklip.errors import ConfigError
+
+            raise ConfigError(f"source must be 'open_clip' or 'hf' (transformers checkpoints), got {source!r}")
+        self.source = source
         super().__init__(model, **kwargs)
         self.timm_name = self.cfg["vision_cfg"]["timm_model_name"]
         if self.cfg["vision_cfg"].get("timm_pool", "map") != "map":
             self.pool = self.cfg["vision_cfg"]["timm_pool"]
+
+    def _read_pretrained(self, pretrained: bool | str) -> dict[str, Any]:
+        if self.source == "hf":
+            from toklip.builtin.siglip2_hf import hf_siglip_to_open_clip, read_hf_state
+
+            return hf_siglip_to_open_clip(read_hf_state(pretrained))  # type: ignore[arg-type]
+        return super()._read_pretrained(pretrained)
 
     def build_vit(self) -> nn.Module:
         overrides = dict(self.vision_overrides)
