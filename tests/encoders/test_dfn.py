@@ -82,3 +82,14 @@ def test_the_432_pixel_grid_trick():
 def test_timm_trunk_models_are_refused():
     with pytest.raises(toklip.ConfigError, match="use a siglip2 encoder"):
         DFNEncoder("ViT-SO400M-16-SigLIP2-256")
+
+
+def test_teacher_inputs_renormalise_from_the_vq_range():
+    model = toklip.build(vq="llamagen-test", encoder="dfn-test")
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    y = model.teacher_inputs(x)
+    mean = torch.tensor(model.teacher_mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.teacher_std).view(1, 3, 1, 1)
+    torch.testing.assert_close(y * std + mean, (x + 1) / 2)
+    siglip = toklip.build("toklip-test")
+    assert siglip.teacher_inputs(x) is x

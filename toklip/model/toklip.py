@@ -140,6 +140,14 @@ class TokLIP(nn.Module):
     def preprocess_batch(self, images: Sequence[Any]) -> Tensor:
         return torch.stack([self.preprocess(im) for im in images])
 
+    def teacher_inputs(self, images: Tensor) -> Tensor:
+        """[-1, 1] images (the VQ's range) -> the teacher encoder's own normalisation (identity for SigLIP)."""
+        if self.teacher_mean == (0.5, 0.5, 0.5) and self.teacher_std == (0.5, 0.5, 0.5):
+            return images
+        mean = images.new_tensor(self.teacher_mean).view(1, 3, 1, 1)
+        std = images.new_tensor(self.teacher_std).view(1, 3, 1, 1)
+        return ((images + 1) / 2 - mean) / std
+
     def check_images(self, images: Any) -> Tensor:
         images = check_images(images, downsample=self.vq.downsample)
         h, w = images.shape[-2:]
