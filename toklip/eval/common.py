@@ -1,0 +1,142 @@
+"""What both evaluations share: loading the model to evaluate, decoding images safely, writing results."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from toklip.errors import ConfigError, InputError
+
+
+def load_model(model: str, *, weights: str | None = None, config: str | None = None,
+               device: str | torch.device | None = None) -> Any:
+    """A ``save_pretrained`` folder or hub repo, a TokLIP training checkpoint folder (or a run's out_dir: its
+    newest checkpoint), a preset with ``weights`` (an official release file or a toklip checkpoint), or an
+    official file with its ``config``."""
+    import toklip
+
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+        from toklip.train.checkpoint import find_checkpoint
+
+        latest = find_checkpoint(path, "latest")  # a training run's out_dir: its newest finished checkpoint
+        if latest is None:
+            raise ConfigError(f"{path} is a training folder with no finished checkpoint yet")
+        path = latest
+    if path.is_dir():
+        m = toklip.from_pretrained(path)
+    elif path.is_file():
+        m = toklip.load_official(path, config=config)
+    elif weights is not None:
+        m = toklip.load_official(weights, config=config or model)
+    else:
+        m = toklip.from_pretrained(model)
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return m.to(dev).eval()
+
+
+class ImageList(Dataset):
+    """Images by path, preprocessed with the model's transform; unreadable ones come back as None."""
+
+    def __init__(self, paths: Sequence[str | Path], size: int, resize_mode: str = "shortest") -> None:
+        self.paths, self.size, self.resize_mode = list(paths), size, resize_mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor | None]:
+        from toklip.preprocess import preprocess
+
+        try:
+            return i, preprocess(self.paths[i], self.size, resize_mode=self.resize_mode)
+        except InputError as e:
+            warnings.warn(f"skipping {self.paths[i]}: {e}", stacklevel=2)
+            return i, None
+
+
+def _collate(items: list[tuple[int, Tensor | None]]) -> tuple[Tensor, Tensor | None]:
+    good = [(i, t) for i, t in items if t is not None]
+    idx = torch.tensor([i for i, _ in good], dtype=torch.long)
+    return idx, (torch.stack([t for _, t in good]) if good else None)
+
+
+def image_loader(paths: Sequence[str | Path], model: Any, batch_size: int, workers: int) -> DataLoader:
+    ds = ImageList(paths, model.image_size, model.config.resize_mode)
+    return DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate, shuffle=False)
+
+
+@torch.no_grad()
+def encode_images(model: Any, loader: DataLoader, *, progress: bool = True, desc: str = "images",
+                  autocast: bool = False) -> tuple[Tensor, Tensor]:
+    """-> (indices of the readable images, their l2-normalised embeddings [n, E] in fp32 on CPU)."""
+    from tqdm.auto import tqdm
+
+    idxs, feats = [], []
+    cuda = model.device.type == "cuda"
+    ctx = torch.autocast(model.device.type, dtype=torch.float16) if autocast and cuda else _null()
+    for idx, images in tqdm(loader, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+        if images is None:
+            continue
+        with ctx:
+            f = model.encode_image(images.to(model.device), normalize=True)
+        idxs.append(idx)
+        feats.append(f.float().cpu())
+    if not feats:
+        raise InputError("no image could be read")
+    return torch.cat(idxs), torch.cat(feats)
+
+
+@torch.no_grad()
+def encode_texts(model: Any, texts: Sequence[str], *, batch_size: int = 256, progress: bool = True,
+                 desc: str = "texts") -> Tensor:
+    from tqdm.auto import tqdm
+
+    out = []
+    for i in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=not progress,
+                  dynamic_ncols=True):
+        out.append(model.encode_text(list(texts[i : i + batch_size]), normalize=True).float().cpu())
+    return torch.cat(out)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def write_results(path: str | Path | None, results: dict[str, Any]) -> None:
+    if path is None:
+        return
+    from toklip.io import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(results, indent=2) + "\n")
+
+
+def check_model_has_text(model: Any) -> None:
+    if model.text is None or model.tokenizer is None:
+        raise ConfigError("this model has no text tower or tokenizer: zero-shot and retrieval need one")
+
+
+def read_lines_or_json(path: str | Path, what: str) -> Any:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{what} file {str(p)!r} does not exist")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p} is not valid JSON: {e}") from e
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+Formatter = Callable[[str], str]

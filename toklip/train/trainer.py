@@ -1,0 +1,430 @@
+"""The training loop: TokLIP's recipe (frozen VQ + teacher + text, trainable projector/encoder/pool/scale).
+
+``Trainer(cfg).fit(resume="latest")`` runs single-process, DDP or FSDP2 (under torchrun) the same way:
+autocast (bf16/fp16 with GradScaler), optional gradient clipping, gradient checkpointing that keeps the
+causal mask, optional ``torch.compile``, a per-step JSONL log, atomic checkpoints, exact resume, and a clear
+stop on a non-finite loss (the last good checkpoint is kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from toklip.errors import ConfigError, TokLIPError
+from toklip.train import checkpoint as ckpt
+from toklip.train.config import TrainConfig
+from toklip.train.data import BatchStream, DataPosition, Source, iter_batches, make_loader, open_source
+from toklip.train.distributed import (
+    DistInfo,
+    all_gather_object,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    init_distributed,
+    clip_grad_norm,
+    replicated_params,
+    resolve_strategy,
+    sync_replicated_grads,
+    wrap_model,
+)
+from toklip.train.losses import TokLIPLoss, clamp_logit_scale
+from toklip.train.optim import Schedule, build_optimizer
+from toklip.train.step import StudentForward, Teacher, build_teacher
+
+METRICS_NAME = "metrics.jsonl"
+RESOLVED_CONFIG = "config.resolved.yaml"
+
+
+class TrainingError(TokLIPError, RuntimeError):
+    """Training stopped: a non-finite loss, or a run that cannot continue."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    out_dir: Path
+    checkpoint: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    model: Any = None
+    seconds: float = 0.0
+    skipped_samples: int = 0
+
+
+def build_model(cfg: TrainConfig) -> Any:
+    """The TokLIP to train: ``model.init`` (a checkpoint/folder) or ``toklip.build`` from the model section."""
+    import toklip
+
+    m = cfg.model
+    if m.init:
+        path = Path(m.init).expanduser()
+        if path.is_dir():
+            return toklip.from_pretrained(path)
+        return toklip.build(m.preset, vq=m.vq, encoder=m.encoder, projector=m.projector, attention=m.attention,
+                            attn_backend=m.attn_backend, image_size=m.image_size, pretrained=str(path))
+    if m.preset is None and (m.vq is None or m.encoder is None):
+        raise ConfigError("model: give a preset (model.preset=toklip-s-256) or both model.vq and model.encoder")
+    return toklip.build(m.preset, vq=m.vq, encoder=m.encoder, projector=m.projector, attention=m.attention,
+                        attn_backend=m.attn_backend, image_size=m.image_size)
+
+
+def set_seed(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def prepare_for_training(model: nn.Module, loss: TokLIPLoss, *, lock_text: bool) -> None:
+    """What trains and what stays frozen: the paper's split (VQ, teacher and, by default, text frozen)."""
+    model.vq.requires_grad_(False)
+    if model.text is not None:
+        model.lock_text(lock_text)
+    if model.fusion is not None:
+        model.fusion.requires_grad_(False)  # fusion is for downstream use; no loss term reaches it
+    if model.logit_bias is not None:
+        model.logit_bias.requires_grad_(loss.needs_bias)  # the official run removes the bias (CLIP loss)
+    if loss.needs_bias and model.logit_bias is None:
+        raise ConfigError("loss.contrastive='siglip' needs a logit_bias; this encoder has none (use 'clip')")
+    if loss.config.token_distill_weight and model.causal:
+        raise ConfigError(
+            "all-token distillation (loss.token_distill_weight > 0) needs model.attention=bidirectional: a causal "
+            "token cannot see what the teacher's bidirectional token sees (paper Table B2)"
+        )
+    if model.text is None or model.tokenizer is None:
+        raise ConfigError("TokLIP training needs a text tower and tokenizer; this encoder provides none")
+
+
+class Trainer:
+    """One training run. Pass ``model``/``source``/``teacher`` to override what the config would build."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        model: nn.Module | None = None,
+        source: Source | None = None,
+        teacher: Callable[..., Any] | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg.validate()
+        self._model, self._source, self._teacher, self.transform = model, source, teacher, transform
+        self.echo = echo or print
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.info: DistInfo = init_distributed(cfg.train.device, cfg.dist.backend)
+        set_seed(cfg.train.seed, cfg.train.deterministic)
+        self.out_dir = Path(cfg.train.out_dir).expanduser()
+        # the data first: a wrong data.path fails at once, not after building (and downloading) the model
+        self.source = self._source if self._source is not None else open_source(cfg.data)
+        model = self._model if self._model is not None else build_model(cfg)
+        self.loss = TokLIPLoss(cfg.loss, rank=self.info.rank, world_size=self.info.world_size)
+        prepare_for_training(model, self.loss, lock_text=cfg.model.lock_text)
+        model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+        model.to(self.info.device).train()
+        self.model = model
+        self.need_teacher = bool(cfg.loss.distill_weight or cfg.loss.token_distill_weight)
+        self.teacher = self._teacher
+        if self.teacher is None and self.need_teacher:
+            if not model.config.encoder.kwargs.get("pretrained") and self._model is None and not cfg.model.init:
+                warnings.warn("the encoder has no pretrained weights: the distillation teacher is random", stacklevel=2)
+            self.teacher = build_teacher(model)
+        self.student = StudentForward(model, return_tokens=bool(cfg.loss.token_distill_weight),
+                                      use_bias=self.loss.needs_bias)
+        self.strategy = resolve_strategy(cfg.dist.strategy, self.info)
+        self.wrapped = wrap_model(self.student, self.strategy, self.info, find_unused=cfg.dist.find_unused_parameters)
+        self.runner = torch.compile(self.wrapped) if cfg.model.compile else self.wrapped
+        self.replicated = replicated_params(self.wrapped) if self.strategy == "fsdp" else []
+        self.optimizer = build_optimizer(self.wrapped, cfg.optim)
+        self.scaler = torch.amp.GradScaler(self.info.device.type, enabled=cfg.train.precision == "fp16")
+        self.global_batch = cfg.data.batch_size * self.info.world_size
+        self.total_steps = self._total_steps()
+        self.schedule = Schedule(self.optimizer, cfg.optim, self.total_steps)
+
+    def _total_steps(self) -> int:
+        t = self.cfg.train
+        if t.steps is not None:
+            return t.steps
+        n = self.source.num_samples
+        if not n:
+            raise ConfigError(
+                "train.epochs needs the number of samples per epoch: set data.num_samples (WebDataset shards "
+                "without img2dataset _stats.json files), or give train.steps instead"
+            )
+        return max(1, math.ceil(float(t.epochs) * n / self.global_batch))  # type: ignore[arg-type]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        p = self.cfg.train.precision
+        if p == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if p == "bf16" else torch.float16
+        return torch.autocast(device_type=self.info.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, step: int, position: DataPosition) -> Path | None:
+        model_state = ckpt.full_model_state(self.wrapped)
+        osd = ckpt.full_optimizer_state(self.wrapped, self.optimizer)
+        positions = all_gather_object(self.info, position.state_dict())
+        rngs = all_gather_object(self.info, ckpt.rng_state())
+        path = None
+        if self.info.is_main:
+            optim_tensors, optim_meta = ckpt.flatten_optimizer(osd)
+            state = {
+                "step": step,
+                "total_steps": self.total_steps,
+                "world_size": self.info.world_size,
+                "data_workers": self.cfg.data.workers,
+                "data": {str(r): p for r, p in enumerate(positions)},
+                "rng": {str(r): s for r, s in enumerate(rngs)},
+                "optimizer": optim_meta,
+                "schedule": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "config": self.cfg.to_dict(),
+            }
+            path = ckpt.write_checkpoint(
+                ckpt.checkpoint_root(self.out_dir), step, model=self.model, model_state=model_state,
+                optim_tensors=optim_tensors, state=state, keep_last=self.cfg.train.keep_last,
+            )
+        barrier(self.info)
+        return path
+
+    def _resume(self, resume: str | None) -> tuple[int, DataPosition, Path | None]:
+        if not resume:
+            earlier = ckpt.complete_checkpoints(ckpt.checkpoint_root(self.out_dir))
+            if earlier and self.info.is_main:
+                warnings.warn(
+                    f"{self.out_dir} already holds checkpoints of an earlier run (up to {earlier[-1].name}); this run "
+                    "starts from step 0 and replaces its metrics.jsonl. Pass --resume latest to continue it instead",
+                    stacklevel=2,
+                )
+            return 0, DataPosition(), None
+        if self.info.is_main:
+            ckpt.clean_stale(ckpt.checkpoint_root(self.out_dir))  # a killed writer's .tmp folder
+        barrier(self.info)
+        path = ckpt.find_checkpoint(self.out_dir, resume)
+        if path is None:
+            if self.info.is_main:
+                self.echo(f"no checkpoint in {ckpt.checkpoint_root(self.out_dir)} yet: starting from step 0")
+            return 0, DataPosition(), None
+        model_state, osd, state = ckpt.read_checkpoint_dir(path)
+        ckpt.load_model_state(self.wrapped, model_state)
+        ckpt.load_optimizer_state(self.wrapped, self.optimizer, osd)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rank = str(self.info.rank)
+        workers = self.cfg.data.workers
+        saved_workers = state.get("data_workers", workers)
+        # 0 and 1 loader workers both read the process's share as one sequence (worker 0)
+        if int(state.get("world_size", 1)) == self.info.world_size and max(saved_workers, 1) == max(workers, 1):
+            position = DataPosition(state["data"].get(rank))
+            if rank in state.get("rng", {}):
+                ckpt.set_rng_state(state["rng"][rank])
+        else:
+            # each worker's position is within its own share, and the shares depend on processes x workers:
+            # with another split the positions mean nothing, so every share restarts at the same epoch
+            epochs = [w.get("epoch", 0) for p in state["data"].values() for w in (p or {}).values()]
+            epoch = min(epochs, default=0)
+            warnings.warn(
+                f"resuming with {self.info.world_size} process(es) x {workers} loader worker(s) from a checkpoint "
+                f"of {state.get('world_size')} process(es) x {saved_workers} loader worker(s): the data stream "
+                f"restarts at the beginning of epoch {epoch}", stacklevel=2,
+            )
+            skipped = sum(w.get("skipped", 0) for w in (state["data"].get(rank) or {}).values())
+            position = DataPosition({w: {"epoch": epoch, "pos": 0, "skipped": skipped if w == 0 else 0}
+                                     for w in range(max(workers, 1))})
+        if self.info.is_main:
+            self.echo(f"resumed from {path} at step {state['step']}")
+        return int(state["step"]), position, path
+
+    # ------------------------------------------------------------------ metrics
+    def _metrics_file(self, start_step: int) -> Any:
+        """metrics.jsonl: one line per step; lines past the resumed step (from a killed run) are dropped."""
+        path = self.out_dir / METRICS_NAME
+        kept: list[str] = []
+        if path.is_file() and start_step > 0:
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if int(json.loads(line)["step"]) <= start_step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    break  # a torn last line from a killed process
+        from toklip.io import atomic_write_text
+
+        atomic_write_text(path, "".join(k + "\n" for k in kept))
+        return open(path, "a", encoding="utf-8")
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: str | None = None) -> TrainResult:
+        t_start = time.perf_counter()
+        flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                 torch.backends.cudnn.benchmark)
+        try:
+            self._setup()
+            return self._fit(resume, t_start)
+        finally:
+            # train.deterministic is for this run only, not for whatever the calling process does next
+            torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+            torch.backends.cudnn.benchmark = flags[2]
+            if hasattr(self, "info"):
+                cleanup(self.info)
+
+    def _fit(self, resume: str | None, t_start: float) -> TrainResult:
+        cfg, info = self.cfg, self.info
+        step, position, resumed_from = self._resume(resume)
+        if info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out_dir / RESOLVED_CONFIG)
+            n_train = sum(p.numel() for p in self.wrapped.parameters() if p.requires_grad)
+            self.echo(
+                f"training {self.model.config.name or 'TokLIP'}: {n_train / 1e6:.2f} M trainable parameters, "
+                f"{self.strategy if info.distributed else 'single process'} x{info.world_size} on {info.device}, "
+                f"{self.total_steps} steps of {self.global_batch} ({self.source.describe()})"
+            )
+        stream = BatchStream(
+            self.source, batch_size=cfg.data.batch_size, image_size=self.model.image_size,
+            tokenizer=self.model.tokenizer, rank=info.rank, world=info.world_size, workers=cfg.data.workers,
+            seed=cfg.train.seed, shuffle=cfg.data.shuffle, resize_mode=self.model.config.resize_mode,
+            max_pixels=cfg.data.max_pixels, transform=self.transform,
+        )
+        stream.set_resume(position.workers)
+        batches: Iterator[dict[str, Any]] = iter_batches(make_loader(stream, cfg.data.workers))
+        metrics = self._metrics_file(step) if info.is_main else None
+        bar = None
+        if info.is_main and cfg.train.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        history: list[dict[str, Any]] = []
+        last_ckpt = resumed_from
+        t_last, samples_since = time.perf_counter(), 0
+        skipped = position.skipped
+        self.wrapped.train()
+        try:
+            while step < self.total_steps:
+                batch = next(batches)
+                lr = self.schedule.apply(step)
+                losses = self._train_step(batch)
+                values = torch.stack([v.detach().float() for v in losses.values()])
+                values = all_reduce_mean(info, values)
+                total = float(values.sum())
+                step += 1
+                position.update(batch["state"])
+                samples_since += self.global_batch
+                if not math.isfinite(total):
+                    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                    raise TrainingError(
+                        f"the loss became {total} at step {step} ({dict(zip(losses, values.tolist()))}); training "
+                        f"stopped and {where}. Lower optim.lr, enable optim.grad_clip, or use "
+                        "train.precision=bf16/fp32."
+                    )
+                record = {"step": step, "loss": total, **{k: float(v) for k, v in zip(losses, values)},
+                          "lr": lr, "logit_scale": float(self.model.logit_scale.detach().exp()),
+                          "epoch": position.epoch}
+                if step % cfg.train.log_every == 0 or step == self.total_steps:
+                    now = time.perf_counter()
+                    skipped = sum(all_gather_object(info, position.skipped))
+                    record["samples_per_s"] = samples_since / max(now - t_last, 1e-9)
+                    record["skipped"] = skipped  # unreadable samples so far, all processes (and epochs)
+                    t_last, samples_since = now, 0
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", skipped=skipped, refresh=False)
+                history.append(record)
+                if metrics is not None:
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                if bar is not None:
+                    bar.update(1)
+                final = step == self.total_steps
+                if step % cfg.train.ckpt_every == 0 or (final and cfg.train.save_final):
+                    last_ckpt = self._save(step, position)
+                    if info.is_main:
+                        msg = f"checkpoint saved step={step} path={last_ckpt}"
+                        (bar.write if bar is not None else self.echo)(msg)
+        finally:
+            if bar is not None:
+                bar.close()
+            if metrics is not None:
+                metrics.close()
+        return TrainResult(step=step, out_dir=self.out_dir, checkpoint=last_ckpt, history=history, model=self.model,
+                           seconds=time.perf_counter() - t_start, skipped_samples=skipped)
+
+    def _train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        device = self.info.device
+        images = batch["images"].to(device, non_blocking=True)
+        ids = batch["text_ids"].to(device, non_blocking=True)
+        with self._autocast():
+            out = self.runner(images, ids)
+            teacher_pooled = teacher_tokens = None
+            if self.need_teacher:
+                teacher_pooled, teacher_tokens = self.teacher(
+                    images, return_tokens=bool(self.cfg.loss.token_distill_weight))
+        losses = self.loss(
+            out["image_features"].float(), out["text_features"].float(), out["logit_scale"].float(),
+            teacher_features=teacher_pooled, logit_bias=out["logit_bias"],
+            tokens=None if out["tokens"] is None else out["tokens"].float(), teacher_tokens=teacher_tokens,
+        )
+        total = sum(losses.values())
+        finite = torch.isfinite(total.detach()).float()
+        if self.info.distributed:  # every rank must agree before backward, or DDP's all-reduce would hang
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not bool(finite):
+            self.optimizer.zero_grad(set_to_none=True)
+            return losses  # the caller stops with a clear message; no update from a broken step
+        self.scaler.scale(total).backward()
+        sync_replicated_grads(self.replicated, self.info)
+        if self.cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            clip_grad_norm([p for p in self.wrapped.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        clamp_logit_scale(self.model)
+        return losses
+
+
+def train(
+    config: TrainConfig | str | Path | dict | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    *,
+    resume: str | None = None,
+    **kwargs: Any,
+) -> TrainResult:
+    """Python API: ``toklip.train.train("cfg.yaml", ["train.steps=100"], resume="latest")``."""
+    if isinstance(config, TrainConfig):
+        cfg = config
+        if overrides:
+            data = cfg.to_dict()
+            from toklip.train.config import apply_override
+
+            for o in overrides:
+                apply_override(data, o)
+            cfg = TrainConfig.from_dict(data)
+    elif isinstance(config, dict):
+        from toklip.train.config import apply_override
+
+        data = json.loads(json.dumps(config))
+        for o in overrides:
+            apply_override(data, o)
+        cfg = TrainConfig.from_dict(data)
+    else:
+        cfg = TrainConfig.load(config, overrides)
+    return Trainer(cfg, **kwargs).fit(resume=resume)
