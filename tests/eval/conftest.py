@@ -27,14 +27,10 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """(toklip-test in eval mode, the folder it was saved to with save_pretrained)."""
-    import toklip
-    from toklip.plugins import PluginHost, use_host
+    from toklip.testing import saved_tiny_model
 
-    with use_host(PluginHost(autoload=False, strict=True)):
-        torch.manual_seed(1234)
-        model = toklip.build("toklip-test").eval()
-        folder = tmp_path_factory.mktemp("eval-model") / "toklip-test-saved"
-        model.save_pretrained(folder)
+    folder = tmp_path_factory.mktemp("eval-model") / "toklip-test-saved"
+    model = saved_tiny_model(folder)
     return model, folder
 
 

@@ -89,7 +89,7 @@ def test_bad_paths_give_one_line_errors(tiny, small_folder, tmp_path, capsys):
     one_line_error(capsys, ["eval", "zeroshot", missing, "--model", str(model_dir)], "does not exist")
     one_line_error(capsys, ["eval", "retrieval", missing + ".json", "--model", str(model_dir)], "does not exist")
     one_line_error(capsys, ["eval", "zeroshot", str(small_folder), "--model", missing],
-                   "neither a folder written by save_pretrained() nor a hub repo id")
+                   "does not exist")
     empty = tmp_path / "empty-model"
     empty.mkdir()
     one_line_error(capsys, ["eval", "zeroshot", str(small_folder), "--model", str(empty)], "has no config.json")

@@ -24,16 +24,10 @@ API_KEY_ENV = "TOKLIP_TEST_SERVE_KEY"
 @pytest.fixture(scope="session")
 def saved_model(tmp_path_factory: pytest.TempPathFactory):
     """(folder written by save_pretrained, the same model in this process)."""
-    import torch
+    from toklip.testing import saved_tiny_model
 
-    import toklip
-    from toklip.plugins import PluginHost, use_host
-
-    with use_host(PluginHost(autoload=False, strict=True)):
-        torch.manual_seed(1234)
-        model = toklip.build("toklip-test").eval()
-        folder = tmp_path_factory.mktemp("served") / "toklip-test-saved"
-        model.save_pretrained(folder)
+    folder = tmp_path_factory.mktemp("served") / "toklip-test-saved"
+    model = saved_tiny_model(folder)
     return folder, model
 
 

@@ -198,3 +198,16 @@ def test_resume_with_another_number_of_loader_workers_restarts_the_epoch_for_eve
     positions = state["data"]["0"]
     assert sorted(positions) == ["0", "1"]  # one batch from each worker...
     assert [positions[w]["epoch"] for w in ("0", "1")] == [1, 1]  # ...both from epoch 1, not from the start
+
+
+def test_a_fresh_run_refuses_a_folder_with_an_earlier_runs_checkpoints(reference, tmp_path):
+    """Its higher step_* names would outrank the new run's checkpoints (pruning, resume): continue or move."""
+    from toklip.errors import ConfigError
+    from toklip.train.trainer import Trainer
+
+    from .conftest import base_overrides, isolated, load_config
+
+    out = tmp_path / "run"
+    shutil.copytree(reference["out"], out)
+    with isolated(), pytest.raises(ConfigError, match="--resume latest.*new train.out_dir"):
+        Trainer(load_config(base_overrides(reference["data"], out)), echo=lambda m: None).fit()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from toklip._lazy import lazy_getattr
 
 _LAZY = {
     "zero_shot": "toklip.eval.zeroshot:zero_shot",
@@ -16,13 +16,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'toklip.eval' has no attribute {name!r}")
-    import importlib
-
-    module, _, attr = target.partition(":")
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,13 @@ from toklip.errors import ConfigError, InputError
 
 
 def load_model(model: str, *, weights: str | None = None, config: str | None = None,
-               device: str | torch.device | None = None) -> Any:
-    """A ``save_pretrained`` folder or hub repo, a TokLIP training checkpoint folder (or a run's out_dir: its
-    newest checkpoint), a preset with ``weights`` (an official release file or a toklip checkpoint), or an
-    official file with its ``config``."""
+               device: str | None = None) -> Any:
+    """What ``toklip serve --model`` takes (a preset with optional ``weights``, a config.json, a save_pretrained
+    folder, a checkpoint file, see :func:`toklip.loading.load_model`), plus a training run's out_dir (its newest
+    checkpoint) and an official file of any size with its ``config`` (the fixture format)."""
     import toklip
+    from toklip.loading import load_model as load_for_inference
+    from toklip.loading import resolve_device
 
     path = Path(model).expanduser()
     if path.is_dir() and not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
@@ -29,17 +31,10 @@ def load_model(model: str, *, weights: str | None = None, config: str | None = N
         latest = find_checkpoint(path, "latest")  # a training run's out_dir: its newest finished checkpoint
         if latest is None:
             raise ConfigError(f"{path} is a training folder with no finished checkpoint yet")
-        path = latest
-    if path.is_dir():
-        m = toklip.from_pretrained(path)
-    elif path.is_file():
-        m = toklip.load_official(path, config=config)
-    elif weights is not None:
-        m = toklip.load_official(weights, config=config or model)
-    else:
-        m = toklip.from_pretrained(model)
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return m.to(dev).eval()
+        model = str(latest)
+    if config is not None and path.is_file():
+        return toklip.load_official(path, config=config).to(resolve_device(device or "auto")).eval()
+    return load_for_inference(model, weights=weights, device=device or "auto", dtype="float32")
 
 
 class ImageList(Dataset):
@@ -73,19 +68,16 @@ def image_loader(paths: Sequence[str | Path], model: Any, batch_size: int, worke
 
 
 @torch.no_grad()
-def encode_images(model: Any, loader: DataLoader, *, progress: bool = True, desc: str = "images",
-                  autocast: bool = False) -> tuple[Tensor, Tensor]:
+def encode_images(model: Any, loader: DataLoader, *, progress: bool = True,
+                  desc: str = "images") -> tuple[Tensor, Tensor]:
     """-> (indices of the readable images, their l2-normalised embeddings [n, E] in fp32 on CPU)."""
     from tqdm.auto import tqdm
 
     idxs, feats = [], []
-    cuda = model.device.type == "cuda"
-    ctx = torch.autocast(model.device.type, dtype=torch.float16) if autocast and cuda else _null()
     for idx, images in tqdm(loader, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
         if images is None:
             continue
-        with ctx:
-            f = model.encode_image(images.to(model.device), normalize=True)
+        f = model.encode_image(images.to(model.device), normalize=True)
         idxs.append(idx)
         feats.append(f.float().cpu())
     if not feats:
@@ -103,14 +95,6 @@ def encode_texts(model: Any, texts: Sequence[str], *, batch_size: int = 256, pro
                   dynamic_ncols=True):
         out.append(model.encode_text(list(texts[i : i + batch_size]), normalize=True).float().cpu())
     return torch.cat(out)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None
 
 
 def write_results(path: str | Path | None, results: dict[str, Any]) -> None:
@@ -137,6 +121,3 @@ def read_lines_or_json(path: str | Path, what: str) -> Any:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{p} is not valid JSON: {e}") from e
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
-
-
-Formatter = Callable[[str], str]

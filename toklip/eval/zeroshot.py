@@ -21,8 +21,8 @@ from torch import Tensor
 
 from toklip.errors import ConfigError
 from toklip.eval.common import check_model_has_text, encode_images, image_loader, read_lines_or_json
+from toklip.train.data import IMAGE_EXTS
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _WNID = re.compile(r"n\d{8}")
 
 
@@ -126,7 +126,7 @@ def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) ->
     for k in ks:
         kk = min(k, logits.shape[1])
         hit = (logits.topk(kk, dim=1).indices == labels[:, None]).any(dim=1)
-        out[k] = float(hit.float().mean()) if len(labels) else 0.0
+        out[k] = int(hit.sum()) / len(labels) if len(labels) else 0.0
     return out
 
 

@@ -12,7 +12,7 @@ from toklip.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app", "load_model"]
 
-_LAZY = {"create_app": "toklip.serve.app:create_app", "load_model": "toklip.serve.loading:load_model"}
+_LAZY = {"create_app": "toklip.serve.app:create_app", "load_model": "toklip.loading:load_model"}
 
 
 def __getattr__(name: str) -> Any:
@@ -36,4 +36,4 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     from toklip.serve.app import create_app
-    from toklip.serve.loading import load_model
+    from toklip.loading import load_model

@@ -143,7 +143,7 @@ def _run(sock: socket.socket, settings: ServeSettings, model_source: str, weight
     import uvicorn
 
     from toklip.serve.app import create_app
-    from toklip.serve.loading import load_model
+    from toklip.loading import load_model
 
     t0 = time.perf_counter()
     model = load_model(model_source, weights=weights, random_weights=random_weights, device=device, dtype=dtype)

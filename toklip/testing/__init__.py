@@ -23,7 +23,9 @@ import pytest
 
 from toklip.plugins import PluginHost, temp_plugin, use_host
 
-__all__ = ["fake_distribution", "isolated_host", "no_tf32", "plugin_host", "temp_plugin", "toklip_host"]
+__all__ = [
+    "fake_distribution", "isolated_host", "no_tf32", "plugin_host", "saved_tiny_model", "temp_plugin", "toklip_host",
+]
 
 
 @pytest.fixture
@@ -47,6 +49,21 @@ def plugin_host(plugin: object, name: str) -> Iterator[PluginHost]:
     host.register_plugin(plugin, name=name)
     with use_host(host):
         yield host
+
+
+def saved_tiny_model(folder: str | Path, *, seed: int = 1234):  # type: ignore[no-untyped-def]
+    """Build ``toklip-test`` (seeded, eval mode) in an isolated host and ``save_pretrained`` it to ``folder``.
+
+    -> the model; what session-scoped fixtures of serving/evaluation tests load by path."""
+    import torch
+
+    import toklip
+
+    with use_host(isolated_host()):
+        torch.manual_seed(seed)
+        model = toklip.build("toklip-test").eval()
+        model.save_pretrained(folder)
+    return model
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ Heavy modules load on first use: ``from toklip.train import train, Trainer, Trai
 
 from __future__ import annotations
 
-from typing import Any
+from toklip._lazy import lazy_getattr
 
 _LAZY = {
     "train": "toklip.train.trainer:train",
@@ -20,13 +20,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'toklip.train' has no attribute {name!r}")
-    import importlib
-
-    module, _, attr = target.partition(":")
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)

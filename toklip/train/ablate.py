@@ -51,7 +51,7 @@ def run_ablation(out: str | Path = "toklip-quickstart", *, scale: float = 1.0, s
     out.mkdir(parents=True, exist_ok=True)
     budget = Q.Budget.scaled(scale)
     train, test = D.load_digits(Q.IMAGE_SIZE, seed=seed)
-    folder, captions = Q.write_eval_split(test, out / "data")
+    folder, captions = Q.write_eval_split(test, out / "data", seed)
     Q.train_components(out, train, budget, seed=seed, progress=progress, echo=echo)
     rows = []
     for v in VARIANTS:
@@ -59,7 +59,7 @@ def run_ablation(out: str | Path = "toklip-quickstart", *, scale: float = 1.0, s
             continue
         t0 = time.perf_counter()
         echo(f"--- {v.name}: {v.what}")
-        model = Q.build_toklip(out, init=v.init, projector=v.projector, attention=v.attention)
+        model = Q.build_toklip(out, init=v.init, projector=v.projector, attention=v.attention, seed=seed)
         Q.train_toklip(model, train, out / "ablation" / v.name, steps=budget.toklip_steps, seed=seed,
                        distill=v.distill, progress=progress, echo=lambda s: None)
         model.eval()

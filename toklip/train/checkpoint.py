@@ -194,6 +194,7 @@ def write_checkpoint(
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is as readable as other outputs
+        _fsync_dir(tmp)  # the folder's entries are durable before it is renamed into place
         if final.exists():  # the same step written again after a resume: replace it whole
             _remove(final)
         os.replace(tmp, final)

@@ -175,8 +175,10 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
     return total
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The StudentForward inside a DDP wrapper (FSDP2 modifies modules in place)."""
-    if isinstance(module, nn.parallel.DistributedDataParallel):
-        return module.module
-    return module
+def make_grad_scaler(strategy: str, info: DistInfo, *, enabled: bool) -> Any:
+    """fp16 loss scaling; under FSDP the sharded scaler, so every rank agrees on skipping a step with inf grads."""
+    if enabled and strategy == "fsdp":
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(info.device.type)
+    return torch.amp.GradScaler(info.device.type, enabled=enabled)

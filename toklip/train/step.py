@@ -78,9 +78,8 @@ def build_teacher(model: nn.Module) -> Teacher:
     builder = getattr(model, "encoder_builder", None)
     if builder is None or not hasattr(builder, "build_teacher"):
         raise ConfigError(
-            "this model has no encoder builder to make the distillation teacher from (a model loaded from a "
-            "folder keeps no teacher); build it with toklip.build(..., encoder={'name': ..., 'pretrained': ...}) "
-            "or set loss.distill_weight=0"
+            "this model has no semantic-encoder builder to make the distillation teacher from; build it with "
+            "toklip.build(..., encoder={'name': ..., 'pretrained': ...}), pass a teacher, or set loss.distill_weight=0"
         )
     vit = builder.build_teacher().to(model.device)
     return Teacher(vit, model)

@@ -32,9 +32,11 @@ from toklip.train.distributed import (
     DistInfo,
     all_gather_object,
     all_reduce_mean,
+    broadcast_object,
     barrier,
     cleanup,
     init_distributed,
+    make_grad_scaler,
     clip_grad_norm,
     replicated_params,
     resolve_strategy,
@@ -100,6 +102,8 @@ def prepare_for_training(model: nn.Module, loss: TokLIPLoss, *, lock_text: bool)
         model.fusion.requires_grad_(False)  # fusion is for downstream use; no loss term reaches it
     if model.logit_bias is not None:
         model.logit_bias.requires_grad_(loss.needs_bias)  # the official run removes the bias (CLIP loss)
+    # without a contrastive term nothing reaches the scale (and DDP would stop on an unused parameter)
+    model.logit_scale.requires_grad_(bool(loss.config.contrastive_weight))
     if loss.needs_bias and model.logit_bias is None:
         raise ConfigError("loss.contrastive='siglip' needs a logit_bias; this encoder has none (use 'clip')")
     if loss.config.token_distill_weight and model.causal:
@@ -145,8 +149,12 @@ class Trainer:
         self.need_teacher = bool(cfg.loss.distill_weight or cfg.loss.token_distill_weight)
         self.teacher = self._teacher
         if self.teacher is None and self.need_teacher:
-            if not model.config.encoder.kwargs.get("pretrained") and self._model is None and not cfg.model.init:
-                warnings.warn("the encoder has no pretrained weights: the distillation teacher is random", stacklevel=2)
+            if not getattr(model.encoder_builder, "pretrained", None):
+                warnings.warn(
+                    "the semantic encoder has no pretrained weights, so the distillation teacher is random: give "
+                    "model.encoder={name: ..., pretrained: ...} (the paper's teacher is SigLIP2) or set "
+                    "loss.distill_weight=0", stacklevel=2,
+                )
             self.teacher = build_teacher(model)
         self.student = StudentForward(model, return_tokens=bool(cfg.loss.token_distill_weight),
                                       use_bias=self.loss.needs_bias)
@@ -155,7 +163,7 @@ class Trainer:
         self.runner = torch.compile(self.wrapped) if cfg.model.compile else self.wrapped
         self.replicated = replicated_params(self.wrapped) if self.strategy == "fsdp" else []
         self.optimizer = build_optimizer(self.wrapped, cfg.optim)
-        self.scaler = torch.amp.GradScaler(self.info.device.type, enabled=cfg.train.precision == "fp16")
+        self.scaler = make_grad_scaler(self.strategy, self.info, enabled=cfg.train.precision == "fp16")
         self.global_batch = cfg.data.batch_size * self.info.world_size
         self.total_steps = self._total_steps()
         self.schedule = Schedule(self.optimizer, cfg.optim, self.total_steps)
@@ -210,22 +218,36 @@ class Trainer:
     def _resume(self, resume: str | None) -> tuple[int, DataPosition, Path | None]:
         if not resume:
             earlier = ckpt.complete_checkpoints(ckpt.checkpoint_root(self.out_dir))
-            if earlier and self.info.is_main:
-                warnings.warn(
-                    f"{self.out_dir} already holds checkpoints of an earlier run (up to {earlier[-1].name}); this run "
-                    "starts from step 0 and replaces its metrics.jsonl. Pass --resume latest to continue it instead",
-                    stacklevel=2,
+            if earlier:  # its higher step numbers would outrank this run's checkpoints (pruning, fallback resume)
+                raise ConfigError(
+                    f"{self.out_dir} already holds checkpoints of an earlier run (up to {earlier[-1].name}): pass "
+                    "--resume latest to continue it, or choose a new train.out_dir"
                 )
             return 0, DataPosition(), None
         if self.info.is_main:
             ckpt.clean_stale(ckpt.checkpoint_root(self.out_dir))  # a killed writer's .tmp folder
         barrier(self.info)
-        path = ckpt.find_checkpoint(self.out_dir, resume)
+        # rank 0 decides, so every rank loads the same step (or fails clearly when it cannot see that folder)
+        found = ckpt.find_checkpoint(self.out_dir, resume) if self.info.is_main else None
+        path = broadcast_object(self.info, None if found is None else str(found))
+        path = None if path is None else Path(path)
+        if path is not None and not (path / ckpt.STATE_NAME).is_file():
+            raise ConfigError(
+                f"rank {self.info.rank} cannot see the checkpoint {path} that rank 0 resumes from: checkpoints must be "
+                "on a filesystem every node shares (train.out_dir)"
+            )
         if path is None:
             if self.info.is_main:
                 self.echo(f"no checkpoint in {ckpt.checkpoint_root(self.out_dir)} yet: starting from step 0")
             return 0, DataPosition(), None
         model_state, osd, state = ckpt.read_checkpoint_dir(path)
+        saved_total = int(state.get("total_steps", self.total_steps))
+        if saved_total != self.total_steps and self.info.is_main:
+            warnings.warn(
+                f"the checkpoint was written by a run of {saved_total} steps and this one has {self.total_steps} "
+                "(train.steps/epochs, data.batch_size or the number of processes changed): the lr schedule now "
+                "follows the new length", stacklevel=2,
+            )
         ckpt.load_model_state(self.wrapped, model_state)
         ckpt.load_optimizer_state(self.wrapped, self.optimizer, osd)
         if state.get("scaler"):

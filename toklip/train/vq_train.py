@@ -61,6 +61,8 @@ def train_vq(
     ``time_budget`` (seconds) ends training early on a slow machine, so the quickstart keeps its time bar."""
     from tqdm.auto import tqdm
 
+    from toklip.train.optim import lr_at
+
     vq.requires_grad_(True).train()
     opt = torch.optim.Adam(vq.parameters(), lr=lr, betas=(0.9, 0.99))
     g = torch.Generator().manual_seed(seed)
@@ -70,9 +72,8 @@ def train_vq(
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     step = 0
     for step in bar:
-        lr_now = lr * min(1.0, (step + 1) / warm) * (0.5 * (1 + torch.cos(torch.tensor(step / steps * torch.pi)))).item()
         for group in opt.param_groups:
-            group["lr"] = max(lr_now, lr * 0.02)
+            group["lr"] = lr_at(step, base_lr=lr, warmup=warm, total=steps, min_lr=lr * 0.02)
         x = images[torch.randint(len(images), (batch_size,), generator=g)]
         if augment is not None:
             x = augment(x)

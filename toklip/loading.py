@@ -1,4 +1,5 @@
-"""``--model`` to a loaded model: a preset name, a config.json, a save_pretrained folder, or a checkpoint file.
+"""``--model`` to a loaded model (``toklip serve``, ``toklip eval``): a preset name, a config.json, a save_pretrained
+folder, or a checkpoint file.
 
 ``--weights FILE`` loads a checkpoint (official TokLIP or toklip safetensors) into the architecture that a
 preset or config.json describes; a checkpoint given as ``--model`` has its size inferred (TokLIP-S/L).
@@ -10,14 +11,16 @@ decoder are where reduced precision would show in the indices and the reconstruc
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from toklip.errors import ConfigError
+from toklip.errors import ConfigError, WeightsNotFoundError
 
-log = logging.getLogger("toklip.serve")
+log = logging.getLogger("toklip")
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, tried when no such local path exists
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -53,7 +56,7 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
 ) -> Any:
-    """Build or load the model to serve, on ``device`` in ``dtype`` (VQ in float32), in eval mode."""
+    """Build or load the model to serve or evaluate, on ``device`` in ``dtype`` (VQ in float32), in eval mode."""
     import toklip
     from toklip.plugins import get_host
 
@@ -73,16 +76,23 @@ def load_model(
         try:
             model = toklip.load_official(path)  # size inferred from the checkpoint
         except ConfigError as e:
-            hint = f"toklip serve: describe the model with --model CONFIG.json --weights {source}"
+            hint = f"describe the model with --model CONFIG.json --weights {source}"
             raise ConfigError(f"{e}\n  {hint}") from e
+    elif not path.suffix and HUB_REPO_ID.fullmatch(source):
+        if weights:
+            raise ConfigError(f"{source} is a hub repo with its own weights; drop --weights")
+        try:
+            model = toklip.from_pretrained(source)  # a save_pretrained repo on the Hugging Face hub (or its cache)
+        except WeightsNotFoundError as e:
+            raise ConfigError(f"--model {source!r} does not exist locally, and as a hub repo id: {e}") from e
     elif path.suffix or "/" in source or "\\" in source:
         raise ConfigError(f"--model {source!r} does not exist (expected a preset name, a config.json, "
-                          "a save_pretrained folder or a checkpoint file)")
+                          "a save_pretrained folder or hub repo id, or a checkpoint file)")
     else:
         spec = get_host().get("preset", source)  # UnknownComponentError with did-you-mean
         pretrained: bool | str = weights or (bool(spec.pretrained) and not random_weights)
         if not pretrained:
-            log.warning("serving preset %s with random weights (%s)", spec.name,
+            log.warning("preset %s has random weights (%s)", spec.name,
                         "--random-weights" if random_weights else "it has no released weights")
         model = toklip.build(source, pretrained=pretrained)
     model = model.to(device=dev, dtype=dt)
