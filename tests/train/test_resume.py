@@ -160,3 +160,21 @@ def test_cli_reports_unreadable_data_in_one_line(tmp_path, capsys):
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no readable sample" in errors[0], err[-3000:]
+
+
+def test_resume_is_exact_with_a_transform_drawing_from_the_global_rng(reference, tmp_path):
+    """Starting the data loader must not consume the global RNG, or a resumed run's augmentations would differ."""
+
+    def noisy(image: torch.Tensor) -> torch.Tensor:  # an augmentation that uses torch's global generator
+        return (image + 0.05 * torch.randn(image.shape)).clamp(-1, 1)
+
+    def run(out, *, echo=lambda m: None, resume=None):
+        cfg = load_config(base_overrides(reference["data"], out, **{"train.ckpt_every": 2}))
+        return Trainer(cfg, transform=noisy, echo=echo).fit(resume=resume)
+
+    full = run(tmp_path / "full")
+    with pytest.raises(Interrupt):
+        run(tmp_path / "split", echo=stop_after_checkpoint(4))
+    resumed = run(tmp_path / "split", resume="latest")
+    assert trajectory(read_metrics(tmp_path / "split")) == trajectory(read_metrics(tmp_path / "full"))
+    assert_same_weights(resumed.model.state_dict(), full.model.state_dict())

@@ -448,7 +448,10 @@ def iter_batches(loader: Any) -> Iterator[dict[str, Any]]:
 
 
 def make_loader(stream: BatchStream, workers: int) -> DataLoader:
+    """A loader over the stream. Its own generator (seed, rank) gives the workers their seeds, so starting it never
+    draws from the global RNG (a resumed run's global RNG stays where the checkpoint left it) and ranks differ."""
+    generator = torch.Generator().manual_seed(_mix(stream.seed, stream.rank))
     return DataLoader(
-        stream, batch_size=None, num_workers=workers, persistent_workers=False,
+        stream, batch_size=None, num_workers=workers, persistent_workers=False, generator=generator,
         pin_memory=torch.cuda.is_available(), prefetch_factor=2 if workers else None,
     )
