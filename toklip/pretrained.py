@@ -18,12 +18,14 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses shared storage: store each tensor on its own, contiguous, on CPU
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def save_pretrained(model: Any, directory: str | Path) -> Path:
+def save_pretrained(model: Any, directory: str | Path, *, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """``model.safetensors`` + ``config.json``; ``state`` replaces ``model.state_dict()`` (e.g. the full state a
+    training checkpoint gathers from sharded ranks)."""
     from safetensors.torch import save_file
 
     from toklip import __version__
@@ -31,7 +33,7 @@ def save_pretrained(model: Any, directory: str | Path) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = _tensors(model)
+    tensors = _tensors(model.state_dict() if state is None else state)
     metadata = {"format": "pt", "toklip_version": __version__}
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=metadata))
     self_contained_config(model).to_json(directory / CONFIG_NAME)

@@ -176,16 +176,14 @@ def write_checkpoint(
     """Write ``root/step_XXXXXXXX`` atomically (temp folder + rename), point ``latest`` at it, prune old ones."""
     from safetensors.torch import save_file
 
-    from toklip import __version__
     from toklip.io import atomic_write_text
-    from toklip.pretrained import CONFIG_NAME, WEIGHTS_NAME, self_contained_config
+    from toklip.pretrained import save_pretrained
 
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
     try:
-        save_file(model_state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "toklip_version": __version__})
-        self_contained_config(model).to_json(tmp / CONFIG_NAME)
+        save_pretrained(model, tmp, state=model_state)  # the folder toklip.from_pretrained / toklip eval read
         save_file(optim_tensors, str(tmp / OPTIM_NAME), metadata={"format": "pt"})
         (tmp / STATE_NAME).write_text(json.dumps(state), encoding="utf-8")
         for f in tmp.iterdir():

@@ -178,10 +178,16 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ files and overrides
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-        """Read a YAML/JSON file (or start from defaults) and apply ``section.key=value`` overrides."""
+    def load(cls, path: str | Path | Mapping[str, Any] | TrainConfig | None = None,
+             overrides: Sequence[str] = ()) -> TrainConfig:
+        """Read a YAML/JSON file, a mapping of sections or a config (or start from defaults), then apply
+        ``section.key=value`` overrides."""
         data: dict[str, Any] = {}
-        if path is not None:
+        if isinstance(path, TrainConfig):
+            data = path.to_dict()
+        elif isinstance(path, Mapping):
+            data = copy.deepcopy(dict(path))
+        elif path is not None:
             data = read_config_file(path)
         for item in overrides:
             apply_override(data, item)

@@ -345,8 +345,7 @@ class Trainer:
                 batch = next(batches)
                 lr = self.schedule.apply(step)
                 losses = self._train_step(batch)
-                values = torch.stack([v.detach().float() for v in losses.values()])
-                values = all_reduce_mean(info, values)
+                values = torch.stack(list(losses.values()))
                 total = float(values.sum())
                 step += 1
                 position.update(batch["state"])
@@ -390,6 +389,7 @@ class Trainer:
                            seconds=time.perf_counter() - t_start, skipped_samples=skipped)
 
     def _train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One optimizer step; -> the loss terms (detached, averaged over ranks). No update when one is not finite."""
         device = self.info.device
         images = batch["images"].to(device, non_blocking=True)
         ids = batch["text_ids"].to(device, non_blocking=True)
@@ -404,14 +404,14 @@ class Trainer:
             teacher_features=teacher_pooled, logit_bias=out["logit_bias"],
             tokens=None if out["tokens"] is None else out["tokens"].float(), teacher_tokens=teacher_tokens,
         )
-        total = sum(losses.values())
-        finite = torch.isfinite(total.detach()).float()
-        if self.info.distributed:  # every rank must agree before backward, or DDP's all-reduce would hang
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if not bool(finite):
+        # one all-reduce gives the logged values and a verdict every rank shares (a NaN on any rank makes the
+        # mean NaN everywhere), so no rank starts a backward the others skip
+        reduced = all_reduce_mean(self.info, torch.stack([v.detach().float() for v in losses.values()]))
+        logged = dict(zip(losses, reduced))
+        if not bool(torch.isfinite(reduced).all()):
             self.optimizer.zero_grad(set_to_none=True)
-            return losses  # the caller stops with a clear message; no update from a broken step
-        self.scaler.scale(total).backward()
+            return logged  # the caller stops with a clear message; no update from a broken step
+        self.scaler.scale(sum(losses.values())).backward()
         sync_replicated_grads(self.replicated, self.info)
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
@@ -420,7 +420,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         clamp_logit_scale(self.model)
-        return losses
+        return logged
 
 
 def train(
@@ -430,23 +430,7 @@ def train(
     resume: str | None = None,
     **kwargs: Any,
 ) -> TrainResult:
-    """Python API: ``toklip.train.train("cfg.yaml", ["train.steps=100"], resume="latest")``."""
-    if isinstance(config, TrainConfig):
-        cfg = config
-        if overrides:
-            data = cfg.to_dict()
-            from toklip.train.config import apply_override
-
-            for o in overrides:
-                apply_override(data, o)
-            cfg = TrainConfig.from_dict(data)
-    elif isinstance(config, dict):
-        from toklip.train.config import apply_override
-
-        data = json.loads(json.dumps(config))
-        for o in overrides:
-            apply_override(data, o)
-        cfg = TrainConfig.from_dict(data)
-    else:
-        cfg = TrainConfig.load(config, overrides)
+    """Python API: ``toklip.train.train("cfg.yaml", ["train.steps=100"], resume="latest")``; ``config`` may also be
+    a mapping of sections or a ``TrainConfig``."""
+    cfg = config if isinstance(config, TrainConfig) and not overrides else TrainConfig.load(config, overrides)
     return Trainer(cfg, **kwargs).fit(resume=resume)
