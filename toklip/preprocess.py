@@ -124,8 +124,8 @@ def to_tensor(image: Image.Image) -> Tensor:
     return t.sub_(0.5).div_(0.5)
 
 
-def preprocess(image: Any, size: int, *, resize_mode: str = "shortest") -> Tensor:
-    return to_tensor(resize_and_crop(load_image(image), size, resize_mode))
+def preprocess(image: Any, size: int, *, resize_mode: str = "shortest", max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
+    return to_tensor(resize_and_crop(load_image(image, max_pixels=max_pixels), size, resize_mode))
 
 
 def to_pil(images: Tensor) -> list[Image.Image]:

@@ -12,7 +12,6 @@ With ``workers=0`` the resumed order is bit-identical to an uninterrupted run.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import random
 import warnings
@@ -306,15 +305,13 @@ def read_caption(value: Any) -> str:
 
 def decode_image(image: Any, size: int, resize_mode: str, max_pixels: int | None) -> Tensor:
     """Raw image -> [3, S, S] in [-1, 1] with the model's own preprocessing; raises InputError when unreadable."""
-    from toklip.preprocess import MAX_IMAGE_PIXELS, load_image, resize_and_crop, to_tensor
+    from toklip.preprocess import MAX_IMAGE_PIXELS, preprocess
 
     if image is None:
         raise InputError("the sample has no image")
     if isinstance(image, str) and "://" in image:
         raise InputError(f"remote image paths are not fetched during training ({image}); download them first")
-    pil = load_image(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image,
-                     max_pixels=max_pixels or MAX_IMAGE_PIXELS)
-    return to_tensor(resize_and_crop(pil, size, resize_mode))
+    return preprocess(image, size, resize_mode=resize_mode, max_pixels=max_pixels or MAX_IMAGE_PIXELS)
 
 
 # ---------------------------------------------------------------------------------------------- the stream

@@ -71,16 +71,16 @@ def build_model(cfg: TrainConfig) -> Any:
     import toklip
 
     m = cfg.model
+    pretrained: bool | str = False
     if m.init:
         path = Path(m.init).expanduser()
         if path.is_dir():
             return toklip.from_pretrained(path)
-        return toklip.build(m.preset, vq=m.vq, encoder=m.encoder, projector=m.projector, attention=m.attention,
-                            attn_backend=m.attn_backend, image_size=m.image_size, pretrained=str(path))
-    if m.preset is None and (m.vq is None or m.encoder is None):
+        pretrained = str(path)
+    elif m.preset is None and (m.vq is None or m.encoder is None):
         raise ConfigError("model: give a preset (model.preset=toklip-s-256) or both model.vq and model.encoder")
     return toklip.build(m.preset, vq=m.vq, encoder=m.encoder, projector=m.projector, attention=m.attention,
-                        attn_backend=m.attn_backend, image_size=m.image_size)
+                        attn_backend=m.attn_backend, image_size=m.image_size, pretrained=pretrained)
 
 
 def set_seed(seed: int, deterministic: bool) -> None:
