@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from toklip.plugins import PluginHost, use_host
+from toklip.core.host import PluginHost, use_host
 
 FIXTURES = Path(__file__).parent / "fixtures"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network

@@ -7,7 +7,7 @@ import pytest
 
 import toklip
 from toklip.testing import conformance
-from toklip.plugins import PluginHost
+from toklip.core.host import PluginHost
 
 CHECKS = {
     "vq": conformance.check_vq_tokenizer,

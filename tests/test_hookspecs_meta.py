@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from toklip.hookdocs import BEGIN, END, hook_names, render
+from toklip.core.hookdocs import BEGIN, END, hook_names, render
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_hook_reference_in_docs_is_generated_from_the_hookspecs():
     text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
     block = text[text.index(BEGIN): text.index(END) + len(END)]
-    assert block == render(), "docs/plugins.md is stale: run `python -m toklip.hookdocs --write docs/plugins.md`"
+    assert block == render(), "docs/plugins.md is stale: run `python -m toklip.core.hookdocs --write docs/plugins.md`"
 
 
 @pytest.mark.parametrize("hook", hook_names())

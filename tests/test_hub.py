@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import toklip
-from toklip.hub import resolve_weights
+from toklip.weights.hub import resolve_weights
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

@@ -202,7 +202,7 @@ def test_meta_device_loading_equals_a_normal_build(fixture_paths):
         read_checkpoint,
         unwrap_state_dict,
     )
-    from toklip.factory import build_from_config, resolve_config
+    from toklip.model.factory import build_from_config, resolve_config
 
     fast = toklip.load_official(fixture_paths["pt"], config=fixture_paths["config"])
     cfg = resolve_config(fixture_paths["config"])

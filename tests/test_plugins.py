@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import toklip
-from toklip.errors import (
+from toklip.core.errors import (
     AmbiguousComponentError,
     PluginLoadError,
     UnknownComponentError,
 )
-from toklip.plugins import PluginHost, use_host
+from toklip.core.host import PluginHost, use_host
 from toklip.testing import fake_distribution
 
 THIRD_PARTY_VQ = '''
@@ -30,8 +30,8 @@ def register_vq_tokenizers(register):
 THIRD_PARTY_MODEL = '''
 import torch
 from torch import nn
-from toklip.protocols import VQEncoding
-from toklip.vq_base import VQTokenizerBase
+from toklip.core.protocols import VQEncoding
+from toklip.layers.vq import VQTokenizerBase
 
 class PixelVQ(VQTokenizerBase):
     """Average-pool to a grid, quantise each pooled RGB value to 4 levels per channel (64 codes)."""
@@ -223,7 +223,7 @@ def test_import_toklip_does_not_import_torch_or_plugins():
     import subprocess
 
     code = ("import sys, toklip; assert 'torch' not in sys.modules, 'torch imported';"
-            "assert toklip.plugins._host is None, 'host created at import'; print('ok')")
+            "assert toklip.core.host._host is None, 'host created at import'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
 

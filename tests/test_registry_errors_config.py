@@ -7,14 +7,14 @@ import json
 import pytest
 
 import toklip
-from toklip.config import TokLIPConfig
-from toklip.errors import (
+from toklip.model.config import TokLIPConfig
+from toklip.core.errors import (
     ConfigError,
     InvalidComponentSpecError,
     MissingDependencyError,
     UnknownComponentError,
 )
-from toklip.registry import ComponentSpec, Provider, Registry, make_spec
+from toklip.core.registry import ComponentSpec, Provider, Registry, make_spec
 
 BUILTIN = Provider("builtin", "toklip", "0")
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from toklip._lazy import lazy_getattr
+from toklip.core.lazy import lazy_getattr
 from toklip._version import PLUGIN_API, __version__
-from toklip.errors import (
+from toklip.core.errors import (
     AmbiguousComponentError,
     CheckpointError,
     ConfigError,
@@ -21,18 +21,18 @@ from toklip.errors import (
     UnknownComponentError,
     WeightsNotFoundError,
 )
-from toklip.hookspecs import hookimpl
-from toklip.plugins import get_host, get_spec, list_components, temp_plugin, use_host
+from toklip.core.hookspecs import hookimpl
+from toklip.core.host import get_host, get_spec, list_components, temp_plugin, use_host
 
 _LAZY = {
-    "build": "toklip.factory:build",
-    "list_presets": "toklip.factory:list_presets",
+    "build": "toklip.model.factory:build",
+    "list_presets": "toklip.model.factory:list_presets",
     "load_official": "toklip.checkpoints:load_official",
-    "from_pretrained": "toklip.pretrained:from_pretrained",
+    "from_pretrained": "toklip.weights.saved:from_pretrained",
     "TokLIP": "toklip.model.toklip:TokLIP",
-    "TokLIPConfig": "toklip.config:TokLIPConfig",
+    "TokLIPConfig": "toklip.model.config:TokLIPConfig",
     "TokenizeOutput": "toklip.model.toklip:TokenizeOutput",
-    "attention_backend": "toklip.attention:attention_backend",
+    "attention_backend": "toklip.model.attention:attention_backend",
 }
 
 __all__ = [
@@ -62,9 +62,9 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from toklip.attention import attention_backend
-    from toklip.factory import build, list_presets
+    from toklip.model.attention import attention_backend
+    from toklip.model.factory import build, list_presets
     from toklip.checkpoints import load_official
-    from toklip.config import TokLIPConfig
+    from toklip.model.config import TokLIPConfig
     from toklip.model.toklip import TokenizeOutput, TokLIP
-    from toklip.pretrained import from_pretrained
+    from toklip.weights.saved import from_pretrained

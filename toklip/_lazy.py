@@ -1,23 +1,5 @@
-"""Lazy module attributes: ``import toklip`` (and its sub-packages) stays cheap until a name is used."""
+"""Moved to ``toklip.core.lazy``."""
 
-from __future__ import annotations
+from toklip.core.compat import moved_module
 
-import importlib
-import sys
-from collections.abc import Callable, Mapping
-from typing import Any
-
-
-def lazy_getattr(module_name: str, table: Mapping[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` resolving ``table[name] = "module:attr"`` on first use and caching the result."""
-
-    def __getattr__(name: str) -> Any:
-        target = table.get(name)
-        if target is None:
-            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
-        source, _, attr = target.partition(":")
-        value = getattr(importlib.import_module(source), attr)
-        setattr(sys.modules[module_name], name, value)
-        return value
-
-    return __getattr__
+moved_module(__name__, "toklip.core.lazy", warn=False)

@@ -24,7 +24,7 @@ os.environ.pop("TOKLIP_ATTN_BACKEND", None)
 import pytest  # noqa: E402
 
 import toklip_kernels.plugin  # noqa: E402
-from toklip.plugins import PluginHost, use_host  # noqa: E402
+from toklip.core.host import PluginHost, use_host  # noqa: E402
 from toklip_kernels import _runtime  # noqa: E402
 
 

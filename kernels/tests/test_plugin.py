@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 
 import toklip
-from toklip.attention import run_attention
-from toklip.errors import InputError
-from toklip.plugins import PluginHost
+from toklip.model.attention import run_attention
+from toklip.core.errors import InputError
+from toklip.core.host import PluginHost
 from toklip.testing.conformance import check_attn_backend
 
 

@@ -8,7 +8,7 @@ import torch
 
 import toklip
 from toklip.builtin.projectors import MLPProjector
-from toklip.errors import ConfigError, InputError
+from toklip.core.errors import ConfigError, InputError
 from toklip_kernels.lookup_mlp.projector import FusedMLPProjector
 
 pytestmark = pytest.mark.triton_interpret

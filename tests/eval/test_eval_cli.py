@@ -34,7 +34,7 @@ def invoke(*args):
 
 
 def test_eval_is_wired_lazily():
-    from toklip.cli_builtin import LAZY_COMMANDS
+    from toklip.cli.builtin import LAZY_COMMANDS
 
     assert LAZY_COMMANDS["eval"][0] == "toklip.eval.cli:eval_command"
     code = ("import sys; from toklip.cli import cli; cli.main(['--help'], standalone_mode=False); "
@@ -104,7 +104,7 @@ def test_bad_paths_give_one_line_errors(tiny, small_folder, tmp_path, capsys):
 
 
 def test_load_model_from_a_training_run_folder(tiny, tmp_path):
-    from toklip.errors import ConfigError, TokLIPError
+    from toklip.core.errors import ConfigError, TokLIPError
     from toklip.eval.common import load_model
 
     model, _ = tiny

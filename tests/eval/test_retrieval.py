@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 from toklip.eval.retrieval import read_captions, retrieval, retrieval_metrics
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 from toklip.eval.zeroshot import (
     build_classifier,
     resolve_classnames,

@@ -1,6 +1,6 @@
 """The two attention modes TokLIP uses: causal (the paper's default) and bidirectional."""
 
-from toklip.protocols import AttentionMode
+from toklip.core.protocols import AttentionMode
 
 
 def causal() -> AttentionMode:

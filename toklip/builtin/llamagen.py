@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toklip.protocols import VQEncoding
-from toklip.vq_base import VQTokenizerBase
+from toklip.core.protocols import VQEncoding
+from toklip.layers.vq import VQTokenizerBase
 
 VARIANTS = {"VQ-16": [1, 1, 2, 2, 4], "VQ-8": [1, 2, 2, 4]}
 USAGE_BUFFER = 65536  # LlamaGen keeps a 65536-entry `codebook_used` buffer; unused at inference
@@ -243,13 +243,13 @@ def build_llamagen(
     ``pretrained`` is a release tag ("t2i", "c2i"), True (the first tag) or a local file."""
     if variant is not None:
         if variant not in VARIANTS:
-            from toklip.errors import ConfigError
+            from toklip.core.errors import ConfigError
 
             raise ConfigError(f"unknown LlamaGen variant {variant!r}; choose one of {sorted(VARIANTS)}")
         kwargs.setdefault("ch_mult", VARIANTS[variant])
     model = LlamaGenVQ(**kwargs)  # type: ignore[arg-type]
     if pretrained:
-        from toklip.hub import resolve_component_weights
+        from toklip.weights.hub import resolve_component_weights
 
         path = resolve_component_weights("vq", "llamagen" if variant != "VQ-8" else "llamagen-vq8", pretrained)
         model.load_checkpoint(path)

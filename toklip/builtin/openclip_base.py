@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from toklip.errors import ConfigError, InputError, WeightsNotFoundError
+from toklip.core.errors import ConfigError, InputError, WeightsNotFoundError
 
 CLIP_BPE = "clip-bpe"
 
@@ -92,7 +92,7 @@ class OpenCLIPEncoderBase:
     def _read_pretrained(self, pretrained: bool | str) -> dict[str, Tensor]:
         """An open_clip state dict from a local file (toklip.build resolves weight tags to files first)."""
         from toklip.checkpoints import read_checkpoint, unwrap_state_dict
-        from toklip.hub import resolve_component_weights
+        from toklip.weights.hub import resolve_component_weights
 
         path = resolve_component_weights("encoder", self.name, pretrained)
         return unwrap_state_dict(read_checkpoint(path))
@@ -205,7 +205,7 @@ def timm_vit(timm_name: str, *, img_size: int, pool: str, overrides: Mapping[str
     """A timm VisionTransformer with toklip's backend-routed attention and no classifier."""
     import timm
 
-    from toklip.attention import BackendAttention
+    from toklip.model.attention import BackendAttention
 
     kwargs = {"pretrained": False, "num_classes": 0, "img_size": img_size, "attn_layer": BackendAttention}
     if pool:

@@ -5,7 +5,7 @@ Import-light on purpose: every factory is a "module:attr" string resolved only w
 
 from __future__ import annotations
 
-from toklip.hookspecs import hookimpl
+from toklip.core.hookspecs import hookimpl
 
 _LLAMAGEN = "toklip.builtin.llamagen:build_llamagen"
 _SIGLIP2 = "toklip.builtin.siglip2:SigLIP2Encoder"
@@ -158,6 +158,6 @@ def register_presets(register):  # type: ignore[no-untyped-def]
 
 @hookimpl
 def register_commands(cli):  # type: ignore[no-untyped-def]
-    from toklip.cli_builtin import add_builtin_commands
+    from toklip.cli.builtin import add_builtin_commands
 
     add_builtin_commands(cli)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 
 
 class MLPProjector(nn.Module):

@@ -41,7 +41,7 @@ class SigLIP2Encoder(OpenCLIPEncoderBase):
 
     def __init__(self, model: str = "ViT-SO400M-16-SigLIP2-256", *, source: str = "open_clip", **kwargs: Any) -> None:
         if source not in ("open_clip", "hf"):
-            from toklip.errors import ConfigError
+            from toklip.core.errors import ConfigError
 
             raise ConfigError(f"source must be 'open_clip' or 'hf' (transformers checkpoints), got {source!r}")
         self.source = source

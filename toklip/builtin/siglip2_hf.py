@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from toklip.errors import CheckpointError
+from toklip.core.errors import CheckpointError
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -51,8 +51,8 @@ def _local_files(folder: Path) -> list[Path]:
 
 
 def _hub_files(repo_id: str) -> list[Path]:
-    from toklip.errors import WeightsNotFoundError
-    from toklip.hub import hub_file
+    from toklip.core.errors import WeightsNotFoundError
+    from toklip.weights.hub import hub_file
 
     try:
         return [hub_file(repo_id, WEIGHTS, what="SigLIP weights")]

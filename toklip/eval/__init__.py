@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toklip._lazy import lazy_getattr
+from toklip.core.lazy import lazy_getattr
 
 _LAZY = {
     "zero_shot": "toklip.eval.zeroshot:zero_shot",

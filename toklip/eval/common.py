@@ -12,17 +12,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from toklip.errors import ConfigError, InputError
+from toklip.core.errors import ConfigError, InputError
 
 
 def load_model(model: str, *, weights: str | None = None, config: str | None = None,
                device: str | None = None) -> Any:
     """What ``toklip serve --model`` takes (a preset with optional ``weights``, a config.json, a save_pretrained
-    folder, a checkpoint file, see :func:`toklip.loading.load_model`), plus a training run's out_dir (its newest
+    folder, a checkpoint file, see :func:`toklip.weights.loader.load_model`), plus a training run's out_dir (its newest
     checkpoint) and an official file of any size with its ``config`` (the fixture format)."""
     import toklip
-    from toklip.loading import load_model as load_for_inference
-    from toklip.loading import resolve_device
+    from toklip.weights.loader import load_model as load_for_inference
+    from toklip.weights.loader import resolve_device
 
     path = Path(model).expanduser()
     if path.is_dir() and not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
@@ -100,7 +100,7 @@ def encode_texts(model: Any, texts: Sequence[str], *, batch_size: int = 256, pro
 def write_results(path: str | Path | None, results: dict[str, Any]) -> None:
     if path is None:
         return
-    from toklip.io import atomic_write_text
+    from toklip.core.io import atomic_write_text
 
     atomic_write_text(Path(path), json.dumps(results, indent=2) + "\n")
 

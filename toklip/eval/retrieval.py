@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 from toklip.eval.common import check_model_has_text, encode_images, encode_texts, image_loader
 
 KS = (1, 5, 10)

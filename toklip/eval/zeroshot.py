@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 from toklip.eval.common import check_model_has_text, encode_images, image_loader, read_lines_or_json
 from toklip.train.data import IMAGE_EXTS
 

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from toklip.attention import BackendAttention
-from toklip.errors import ConfigError
+from toklip.model.attention import BackendAttention
+from toklip.core.errors import ConfigError
 
 Pool = Literal["map", "last", "avg"]
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toklip.config import TokLIPConfig
-from toklip.errors import ConfigError, InputError
-from toklip.protocols import AttentionMode
-from toklip.vq_base import check_images, check_indices
+from toklip.model.config import TokLIPConfig
+from toklip.core.errors import ConfigError, InputError
+from toklip.core.protocols import AttentionMode
+from toklip.layers.vq import check_images, check_indices
 
 
 @dataclass
@@ -91,7 +91,7 @@ class TokLIP(nn.Module):
     def set_attention(self, mode: str | AttentionMode) -> TokLIP:
         """Switch between attention modes ('causal', 'bidirectional', or a plugin's) without rebuilding."""
         if isinstance(mode, str):
-            from toklip.plugins import get_spec
+            from toklip.core.host import get_spec
 
             mode = get_spec("attention", mode).create()
         self.attention_mode = mode
@@ -101,7 +101,7 @@ class TokLIP(nn.Module):
     def set_attn_backend(self, name: str) -> TokLIP:
         """Pick the attention implementation ('auto', 'sdpa', 'eager', 'flash_attn', 'triton', ...)."""
         if name != "auto":
-            from toklip.attention import backend_instance
+            from toklip.model.attention import backend_instance
 
             backend_instance(name)
         self.token_encoder.set_attn_backend(name)
@@ -256,12 +256,12 @@ class TokLIP(nn.Module):
     # ----------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` + ``config.json`` (each atomically); ``toklip.from_pretrained`` reads them."""
-        from toklip.pretrained import save_pretrained
+        from toklip.weights.saved import save_pretrained
 
         return save_pretrained(self, directory)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        from toklip.pretrained import push_to_hub
+        from toklip.weights.saved import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from toklip.plugins import PluginHost, temp_plugin, use_host
+from toklip.core.host import PluginHost, temp_plugin, use_host
 
 __all__ = [
     "fake_distribution", "isolated_host", "no_tf32", "plugin_host", "saved_tiny_model", "temp_plugin", "toklip_host",

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from toklip.errors import InputError
-from toklip.plugins import get_spec
+from toklip.core.errors import InputError
+from toklip.core.host import get_spec
 
 
 def _seeded(seed: int = 0) -> torch.Generator:

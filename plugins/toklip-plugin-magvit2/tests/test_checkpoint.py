@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from toklip.checkpoints import read_checkpoint
-from toklip.errors import CheckpointError, ConfigError
+from toklip.core.errors import CheckpointError, ConfigError
 from toklip_plugin_magvit2.model import build_magvit2
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import toklip
-from toklip.errors import ConfigError, InputError, UnknownComponentError
+from toklip.core.errors import ConfigError, InputError, UnknownComponentError
 from toklip.testing.conformance import check_vq_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_pretrained_without_published_weights():
 
 
 def test_without_the_plugin_the_error_is_an_install_hint():
-    from toklip.plugins import PluginHost, use_host
+    from toklip.core.host import PluginHost, use_host
 
     with use_host(PluginHost(autoload=False, strict=True)):
         with pytest.raises(UnknownComponentError) as err:
@@ -109,7 +109,7 @@ def test_installed_distribution_is_discovered(monkeypatch):
         importlib.metadata.distribution("toklip-plugin-magvit2")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("toklip-plugin-magvit2 is not installed (pip install -e plugins/toklip-plugin-magvit2)")
-    from toklip.plugins import PluginHost, use_host
+    from toklip.core.host import PluginHost, use_host
 
     monkeypatch.setenv("TOKLIP_LOAD_PLUGINS", "magvit2")
     host = PluginHost(autoload=True, strict=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from toklip.errors import InputError
+from toklip.core.errors import InputError
 from toklip_kernels import _runtime, _tuning
 
 LOG2E = 1.4426950408889634

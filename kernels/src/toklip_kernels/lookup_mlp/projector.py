@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toklip.errors import ConfigError, InputError
+from toklip.core.errors import ConfigError, InputError
 from toklip_kernels.lookup_mlp.function import (
     STRATEGIES,
     Strategy,

@@ -39,7 +39,7 @@ def test_plugin_is_installed(monkeypatch):
     """After `pip install`, toklip's entry-point discovery finds the plugin (run the tests after installing)."""
     dist = importlib.metadata.distribution("{{ cookiecutter.dist_name }}")
     assert any(ep.group == "toklip" for ep in dist.entry_points)
-    from toklip.plugins import PluginHost, use_host
+    from toklip.core.host import PluginHost, use_host
 
     monkeypatch.setenv("TOKLIP_LOAD_PLUGINS", NAME)
     host = PluginHost(autoload=True, strict=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

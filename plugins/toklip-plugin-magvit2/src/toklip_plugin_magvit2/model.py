@@ -13,9 +13,9 @@ from typing import Any
 
 from torch import Tensor
 
-from toklip.errors import ConfigError, InputError
-from toklip.protocols import VQEncoding
-from toklip.vq_base import VQTokenizerBase
+from toklip.core.errors import ConfigError, InputError
+from toklip.core.protocols import VQEncoding
+from toklip.layers.vq import VQTokenizerBase
 
 from toklip_plugin_magvit2 import lfq
 from toklip_plugin_magvit2.checkpoint import Weights, load_magvit2_checkpoint
@@ -140,7 +140,7 @@ def build_magvit2(
 def _resolve_pretrained(pretrained: bool | str | Path, variant: str | None) -> Path:
     if isinstance(pretrained, (str, Path)) and Path(pretrained).expanduser().is_file():
         return Path(pretrained).expanduser()
-    from toklip.hub import resolve_component_weights
+    from toklip.weights.hub import resolve_component_weights
 
     name = VARIANTS[variant or "imagenet-256"][1]
     if name is None:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toklip.protocols import VQEncoding
-from toklip.vq_base import VQTokenizerBase
+from toklip.core.protocols import VQEncoding
+from toklip.layers.vq import VQTokenizerBase
 
 
 class Tokenizer(VQTokenizerBase):
@@ -62,7 +62,7 @@ def build(*, checkpoint: str | Path | None = None, pretrained: Any = None, **kwa
     """
     model = Tokenizer(**kwargs)
     if pretrained and not (isinstance(pretrained, (str, Path)) and Path(pretrained).is_file()):
-        from toklip.hub import resolve_component_weights
+        from toklip.weights.hub import resolve_component_weights
 
         pretrained = resolve_component_weights("vq", "{{ cookiecutter.component_name }}", pretrained)
     source = checkpoint or pretrained

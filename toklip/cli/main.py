@@ -25,7 +25,7 @@ class LazyGroup(click.Group):
     def _load_hooks(self) -> None:
         if not self._hooks_loaded:
             self._hooks_loaded = True
-            from toklip.plugins import get_host
+            from toklip.core.host import get_host
 
             get_host().call_register_commands(self)
 
@@ -66,7 +66,7 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from toklip.errors import TokLIPError
+    from toklip.core.errors import TokLIPError
 
     try:
         cli.main(args=argv, prog_name="toklip", standalone_mode=False)

@@ -1,0 +1,1 @@
+"""Core: the table of component kinds, registries, the plugin host, hookspecs, protocols and errors."""

@@ -1,0 +1,99 @@
+"""What each component kind must provide. Plugins implement these; the composed model relies on nothing else.
+
+Shapes: B batch, N = h*w tokens in raster order (n = row * w + col), c code dim, D encoder width,
+E joint embedding dim, H heads, d head dim. Images are float [B, 3, S, S] in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor, nn
+
+
+@dataclass
+class VQEncoding:
+    """What a VQ tokenizer returns for a batch of images."""
+
+    indices: Tensor  # [B, h, w] int64
+    codes: Tensor  # [B, h, w, c]: the code vectors the tokenizer feeds forward
+    latent: Tensor | None = None  # [B, c, h, w]: pre-quantisation latent, for inspection and parity
+
+
+@runtime_checkable
+class VQTokenizer(Protocol):
+    """A frozen image tokenizer (an ``nn.Module``). Subclass :class:`toklip.layers.vq.VQTokenizerBase` for checks."""
+
+    code_dim: int
+    vocab_size: int
+    downsample: int
+
+    def encode(self, images: Tensor) -> VQEncoding: ...
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor: ...  # [...] -> [..., c]
+
+    def decode(self, indices: Tensor) -> Tensor: ...  # [B, h, w] -> [B, 3, h*ds, w*ds] in [-1, 1]
+
+    def code_table(self) -> Tensor | None: ...  # [vocab, c] every code vector, or None if too large
+
+
+@runtime_checkable
+class TokenEncoder(Protocol):
+    """Transformer blocks + pooling that turn projected tokens into semantic features (an ``nn.Module``)."""
+
+    width: int
+    embed_dim: int
+    num_tokens: int
+
+    def forward_features(self, tokens: Tensor, *, causal: bool) -> Tensor: ...  # [B,N,D] -> [B,N,D]
+
+    def pool(self, features: Tensor) -> Tensor: ...  # [B,N,D] -> [B,E]
+
+
+@runtime_checkable
+class SemanticEncoder(Protocol):
+    """A semantic encoder family: builds the token encoder, the text tower, its tokenizer and the teacher."""
+
+    embed_dim: int
+    patch_size: int
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    init_logit_scale: float
+    init_logit_bias: float | None
+
+    def build_token_encoder(self, grid: tuple[int, int]) -> nn.Module: ...
+
+    def build_text_tower(self) -> nn.Module | None: ...  # ids [T, L] -> [T, E]
+
+    def build_tokenizer(self) -> Callable[[Sequence[str]], Tensor] | None: ...
+
+    def build_teacher(self) -> nn.Module: ...  # images (encoder mean/std) -> [B, E]
+
+
+@dataclass(frozen=True)
+class AttentionMode:
+    """Mask semantics of the token encoder."""
+
+    name: str
+    causal: bool
+    summary: str = ""
+
+
+@runtime_checkable
+class AttentionBackend(Protocol):
+    """An attention implementation on ``[B, H, N, d]`` tensors."""
+
+    name: str
+
+    def __call__(
+        self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, attn_mask: Tensor | None = None,
+        scale: float | None = None,
+    ) -> Tensor: ...
+
+    def supports(self, q: Tensor, *, causal: bool, has_mask: bool) -> str | None:
+        """None if this backend can run the call, else the reason it cannot."""
+        ...

@@ -1,0 +1,64 @@
+"""Where weights come from: a local path, or a file in a Hugging Face hub repo (cached in the standard HF cache).
+
+Offline (``HF_HUB_OFFLINE=1``) or unreachable hub and nothing cached -> one WeightsNotFoundError naming the repo,
+the file and the local-path alternative.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from toklip.core.errors import WeightsNotFoundError
+from toklip.core.registry import ComponentSpec, Weights
+
+
+def hub_file(repo_id: str, filename: str, *, revision: str | None = None, what: str = "weights") -> Path:
+    """Download (or find in the HF cache) one file of a hub repo."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as e:  # pragma: no cover - a core dependency
+        raise WeightsNotFoundError("huggingface_hub is needed to fetch weights: pip install huggingface_hub") from e
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision))
+    except Exception as e:  # noqa: BLE001 - offline, 404, auth and network errors all mean "not available"
+        raise WeightsNotFoundError(
+            f"could not get {what} {filename!r} from the Hugging Face hub repo {repo_id!r} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).\n"
+            f"  Download it where you have network (huggingface-cli download {repo_id} {filename}) and pass the "
+            "local file instead: pretrained='/path/to/" + filename + "'"
+        ) from e
+
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_weights(spec: ComponentSpec, pretrained: bool | str) -> Path | str:
+    """Turn ``pretrained`` into what the component loads: True (the first tag) or a tag name -> the file from the
+    hub cache; a local file or folder -> its path; a hub repo id ("owner/name") -> passed through for components
+    that read whole repos (e.g. a transformers checkpoint)."""
+    if isinstance(pretrained, (str, Path)) and not (isinstance(pretrained, str) and pretrained in spec.pretrained):
+        path = Path(pretrained).expanduser()
+        if path.exists():
+            return path
+        if isinstance(pretrained, str) and REPO_ID.match(pretrained):
+            return pretrained
+        tags = ", ".join(spec.pretrained) or "none"
+        raise WeightsNotFoundError(
+            f"pretrained={str(pretrained)!r} for {spec.kind} {spec.name!r} is neither an existing file nor a "
+            f"known weights tag (tags: {tags})"
+        )
+    if not spec.pretrained:
+        raise WeightsNotFoundError(
+            f"{spec.kind} {spec.name!r} has no published weights; pass pretrained='/path/to/checkpoint'"
+        )
+    weights: Weights = spec.pretrained[pretrained] if isinstance(pretrained, str) else next(iter(spec.pretrained.values()))
+    if not weights.hf_hub_id or not weights.file:
+        raise WeightsNotFoundError(f"weights tag {weights.tag!r} of {spec.name!r} names no hub file")
+    return hub_file(weights.hf_hub_id, weights.file, what=f"{spec.name} weights ({weights.tag})")
+
+
+def resolve_component_weights(kind: str, name: str, pretrained: bool | str) -> Path | str:
+    from toklip.core.host import get_spec
+
+    return resolve_weights(get_spec(kind, name), pretrained)
