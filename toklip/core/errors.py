@@ -5,19 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 
-KIND_LABELS = {
-    "vq": "VQ tokenizer",
-    "encoder": "encoder",
-    "projector": "projector",
-    "attention": "attention mode",
-    "attn_backend": "attention backend",
-    "fusion": "fusion",
-    "preset": "preset",
-}
-
-
-def kind_label(kind: str) -> str:
-    return KIND_LABELS.get(kind, kind)
+from toklip.core.kinds import kind_label  # noqa: F401 - messages and plugins name kinds one way
 
 
 def _article(label: str) -> str:

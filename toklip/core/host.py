@@ -30,21 +30,13 @@ from toklip.core.errors import (
     PluginLoadError,
     UnknownComponentError,
     close_matches,
-    kind_label,
 )
-from toklip.core.registry import KINDS, ComponentSpec, Provider, Registry, make_spec
+from toklip.core.kinds import KINDS, KINDS_TABLE, kind_label
+from toklip.core.registry import ComponentSpec, Provider, Registry, make_spec
 
 GROUP = "toklip"
 BUILTIN_MODULES = ("toklip.builtin.plugin",)
-KIND_HOOKS = {
-    "vq": "register_vq_tokenizers",
-    "encoder": "register_encoders",
-    "projector": "register_projectors",
-    "attention": "register_attention_modes",
-    "attn_backend": "register_attn_backends",
-    "fusion": "register_fusions",
-    "preset": "register_presets",
-}
+KIND_HOOKS = {k.name: k.hook for k in KINDS_TABLE}
 
 
 @dataclass

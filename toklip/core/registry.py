@@ -19,10 +19,9 @@ from toklip.core.errors import (
     AmbiguousComponentError,
     InvalidComponentSpecError,
     MissingDependencyError,
-    kind_label,
 )
+from toklip.core.kinds import KINDS, kind_label
 
-KINDS = ("vq", "encoder", "projector", "attention", "attn_backend", "fusion", "preset")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 # import name -> pip name, for the few packages where they differ (HF check_imports lesson).
