@@ -27,8 +27,9 @@ from toklip.core.host import get_host, get_spec, list_components, temp_plugin, u
 _LAZY = {
     "build": "toklip.model.factory:build",
     "list_presets": "toklip.model.factory:list_presets",
-    "load_official": "toklip.checkpoints:load_official",
-    "from_pretrained": "toklip.weights.saved:from_pretrained",
+    "load": "toklip.model.loading:load",
+    "load_official": "toklip.model.loading:load_official",
+    "from_pretrained": "toklip.model.loading:from_pretrained",
     "TokLIP": "toklip.model.toklip:TokLIP",
     "TokLIPConfig": "toklip.model.config:TokLIPConfig",
     "TokenizeOutput": "toklip.model.toklip:TokenizeOutput",
@@ -64,7 +65,6 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 if TYPE_CHECKING:  # pragma: no cover
     from toklip.model.attention import attention_backend
     from toklip.model.factory import build, list_presets
-    from toklip.checkpoints import load_official
+    from toklip.model.loading import from_pretrained, load, load_official
     from toklip.model.config import TokLIPConfig
     from toklip.model.toklip import TokenizeOutput, TokLIP
-    from toklip.weights.saved import from_pretrained

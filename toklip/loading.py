@@ -1,5 +1,5 @@
-"""Moved to ``toklip.weights.loader``."""
+"""Moved to ``toklip.model.loading``."""
 
 from toklip.core.compat import moved_module
 
-moved_module(__name__, "toklip.weights.loader", warn=False)
+moved_module(__name__, "toklip.model.loading", warn=False)

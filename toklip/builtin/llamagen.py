@@ -240,7 +240,7 @@ def build_llamagen(
 ) -> LlamaGenVQ:
     """Build a LlamaGen VQ. ``variant`` picks the official channel multipliers ("VQ-16" or "VQ-8");
     explicit ``ch``, ``ch_mult``, ``z_channels``, ``codebook_size``, ... override it (any fixture size works).
-    ``pretrained`` is a release tag ("t2i", "c2i"), True (the first tag) or a local file."""
+    ``pretrained`` is a local file (the registry resolves release tags "t2i"/"c2i" and True to files first)."""
     if variant is not None:
         if variant not in VARIANTS:
             from toklip.core.errors import ConfigError
@@ -249,9 +249,8 @@ def build_llamagen(
         kwargs.setdefault("ch_mult", VARIANTS[variant])
     model = LlamaGenVQ(**kwargs)  # type: ignore[arg-type]
     if pretrained:
-        from toklip.weights.hub import resolve_component_weights
+        from toklip.weights import local_weights
 
-        path = resolve_component_weights("vq", "llamagen" if variant != "VQ-8" else "llamagen-vq8", pretrained)
-        model.load_checkpoint(path)
+        model.load_checkpoint(local_weights(pretrained, f"LlamaGen {variant or 'VQ'}"))
     model.requires_grad_(False)
     return model

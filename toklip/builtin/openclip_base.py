@@ -90,12 +90,16 @@ class OpenCLIPEncoderBase:
         return self._state
 
     def _read_pretrained(self, pretrained: bool | str) -> dict[str, Tensor]:
-        """An open_clip state dict from a local file (toklip.build resolves weight tags to files first)."""
-        from toklip.checkpoints import read_checkpoint, unwrap_state_dict
-        from toklip.weights.hub import resolve_component_weights
+        """An open_clip state dict from a local file (the registry resolved weight tags to files)."""
+        from toklip.weights import local_weights, read_checkpoint, unwrap_state_dict
 
-        path = resolve_component_weights("encoder", self.name, pretrained)
-        return unwrap_state_dict(read_checkpoint(path))
+        return unwrap_state_dict(read_checkpoint(local_weights(pretrained, f"encoder {self.name!r}")))
+
+    def release(self) -> None:
+        """Drop the state dict read for building (the built towers hold their own tensors): a model keeps its
+        encoder to build the distillation teacher later, which re-reads the file instead of pinning the whole
+        checkpoint in memory for the model's lifetime."""
+        self._state = None
 
     def _subset(self, prefix: str) -> dict[str, Tensor]:
         state = self.state() or {}

@@ -38,9 +38,9 @@ def demo(preset: str, image_path: str | None, weights: str | None, out_dir: str 
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     if weights and Path(weights).is_dir():
-        model = toklip.from_pretrained(weights)
-    else:
-        model = toklip.build(preset, pretrained=weights or False)
+        model = toklip.load(weights)
+    else:  # the preset's architecture, random unless --weights names a checkpoint
+        model = toklip.load(preset, weights=weights, random_weights=not weights)
     cfg = model.config
     n_params = sum(p.numel() for p in model.parameters())
     click.echo(f"built {cfg.name or preset} in {time.perf_counter() - t0:.2f} s  ({n_params / 1e6:.2f} M parameters)")

@@ -18,11 +18,9 @@ from toklip.core.errors import ConfigError, InputError
 def load_model(model: str, *, weights: str | None = None, config: str | None = None,
                device: str | None = None) -> Any:
     """What ``toklip serve --model`` takes (a preset with optional ``weights``, a config.json, a save_pretrained
-    folder, a checkpoint file, see :func:`toklip.weights.loader.load_model`), plus a training run's out_dir (its newest
+    folder, a checkpoint file, see :func:`toklip.model.loading.load_model`), plus a training run's out_dir (its newest
     checkpoint) and an official file of any size with its ``config`` (the fixture format)."""
-    import toklip
-    from toklip.weights.loader import load_model as load_for_inference
-    from toklip.weights.loader import resolve_device
+    from toklip.model.loading import load_model as load_for_inference
 
     path = Path(model).expanduser()
     if path.is_dir() and not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
@@ -32,9 +30,7 @@ def load_model(model: str, *, weights: str | None = None, config: str | None = N
         if latest is None:
             raise ConfigError(f"{path} is a training folder with no finished checkpoint yet")
         model = str(latest)
-    if config is not None and path.is_file():
-        return toklip.load_official(path, config=config).to(resolve_device(device or "auto")).eval()
-    return load_for_inference(model, weights=weights, device=device or "auto", dtype="float32")
+    return load_for_inference(model, weights=weights, config=config, device=device or "auto", dtype="float32")
 
 
 class ImageList(Dataset):

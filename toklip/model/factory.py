@@ -17,9 +17,6 @@ from toklip.core.errors import ConfigError
 from toklip.core.host import get_host
 from toklip.core.registry import ComponentSpec
 
-COMPONENT_FIELDS = ("vq", "encoder", "projector", "fusion")
-
-
 def list_presets(pattern: str = "*") -> list[str]:
     return get_host().registry("preset").names(pattern)
 
@@ -126,26 +123,19 @@ def build(
     if (vq is not None or encoder is not None) and preset is not None:
         cfg.name = None  # no longer the preset
 
-    official = None
-    if pretrained is True and preset is not None and isinstance(preset, str):
-        spec = None if Path(preset).expanduser().exists() else get_host().get("preset", preset)
-        if spec is not None and spec.pretrained:
-            from toklip.weights.hub import resolve_weights
+    from toklip.model.loading import load_weights
 
-            official = resolve_weights(spec, True)
-    if pretrained is True and official is None:
-        for ref in (cfg.vq, cfg.encoder):
+    if pretrained is True:
+        release = _preset_release(preset)
+        if release is not None:
+            return load_weights(cfg, release, device=device, dtype=dtype)
+        for ref in (cfg.vq, cfg.encoder):  # no release: each component's published weights
             ref.kwargs.setdefault("pretrained", True)
-    if official is not None or isinstance(pretrained, (str, Path)) and pretrained is not True:
-        from toklip.checkpoints import load_official
-        from toklip.weights.saved import load_checkpoint_into
-
-        path = official or Path(pretrained)  # type: ignore[arg-type]
-        if official is not None:
-            return load_official(path, config=cfg, device=device, dtype=dtype)
-        model = build_from_config(cfg)
-        load_checkpoint_into(model, path)
-        return model.to(device=device, dtype=dtype) if (device or dtype) else model
+    elif pretrained:
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"pretrained={str(pretrained)!r} is not a checkpoint file (or pass pretrained=True)")
+        return load_weights(cfg, path, device=device, dtype=dtype)
     return build_from_config(cfg, device=device, dtype=dtype)
 
 
@@ -156,14 +146,16 @@ def _spec(kind: str, ref: ComponentRef | str) -> ComponentSpec:
     return spec
 
 
-def _with_weights(spec: ComponentSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Resolve a `pretrained` tag/True to a local file before calling the factory."""
-    value = kwargs.get("pretrained")
-    if value:
-        from toklip.weights.hub import resolve_weights
+def _preset_release(preset: Any) -> Path | None:
+    """The official release file of a preset named by ``preset`` (None for compositions and configs)."""
+    if not isinstance(preset, str) or Path(preset).expanduser().exists():
+        return None
+    spec = get_host().get("preset", preset)
+    if not spec.pretrained:
+        return None
+    from toklip.weights.hub import resolve_weights
 
-        kwargs = {**kwargs, "pretrained": str(resolve_weights(spec, value))}
-    return kwargs
+    return Path(resolve_weights(spec, True))
 
 
 def build_from_config(
@@ -188,8 +180,8 @@ def build_from_config(
     # Construct directly on the target device (initialising 1.2B parameters on a GPU beats moving them there).
     ctx = target if target is not None else contextlib.nullcontext()
     with ctx:
-        vq = specs["vq"].create(**_with_weights(specs["vq"], cfg.vq.kwargs))
-        enc = specs["encoder"].create(**_with_weights(specs["encoder"], cfg.encoder.kwargs))
+        vq = specs["vq"].create(**cfg.vq.kwargs)
+        enc = specs["encoder"].create(**cfg.encoder.kwargs)
         ds = int(vq.downsample)
         image_size = cfg.image_size or enc.grid[0] * ds
         if image_size % ds:
@@ -221,6 +213,9 @@ def build_from_config(
             std=tuple(enc.std),
             encoder_builder=enc,
         )
+    release = getattr(enc, "release", None)
+    if callable(release):
+        release()  # the towers hold their tensors now; the encoder keeps only what rebuilds the teacher
     model.config.image_size = image_size
     model.set_attn_backend(cfg.attn_backend)
     if target is not None and target.type != "meta" or dtype is not None:

@@ -13,12 +13,14 @@ from toklip.core.lazy import lazy_getattr
 
 _LAZY = {
     "read_checkpoint": "toklip.checkpoints:read_checkpoint",
-    "unwrap_state_dict": "toklip.checkpoints:unwrap_state_dict",
-    "load_state_dict_strict": "toklip.checkpoints:load_state_dict_strict",
-    "save_safetensors": "toklip.weights.saved:save_safetensors",
+    "unwrap_state_dict": "toklip.weights.readers:unwrap_state_dict",
+    "load_state_dict_strict": "toklip.weights.readers:load_state_dict_strict",
+    "local_weights": "toklip.weights.hub:local_weights",
+    "resolve_source": "toklip.weights.sources:resolve_source",
 }
 __all__ = list(_LAZY)
 __getattr__ = lazy_getattr(__name__, _LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from toklip.checkpoints import load_state_dict_strict, read_checkpoint, unwrap_state_dict
+    from toklip.checkpoints import read_checkpoint
+    from toklip.weights.readers import load_state_dict_strict, unwrap_state_dict

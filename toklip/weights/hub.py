@@ -33,6 +33,12 @@ def hub_file(repo_id: str, filename: str, *, revision: str | None = None, what: 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def is_hub_repo_id(text: str) -> bool:
+    """The one rule for "is this a hub repo id": ``owner/name`` with no such local path, no file suffix
+    such as ``.pt``, and no URL scheme (URLs are never fetched)."""
+    return bool(REPO_ID.match(text)) and not Path(text).expanduser().exists() and Path(text).suffix == ""
+
+
 def resolve_weights(spec: ComponentSpec, pretrained: bool | str) -> Path | str:
     """Turn ``pretrained`` into what the component loads: True (the first tag) or a tag name -> the file from the
     hub cache; a local file or folder -> its path; a hub repo id ("owner/name") -> passed through for components
@@ -41,7 +47,7 @@ def resolve_weights(spec: ComponentSpec, pretrained: bool | str) -> Path | str:
         path = Path(pretrained).expanduser()
         if path.exists():
             return path
-        if isinstance(pretrained, str) and REPO_ID.match(pretrained):
+        if isinstance(pretrained, str) and is_hub_repo_id(pretrained):
             return pretrained
         tags = ", ".join(spec.pretrained) or "none"
         raise WeightsNotFoundError(
@@ -59,6 +65,22 @@ def resolve_weights(spec: ComponentSpec, pretrained: bool | str) -> Path | str:
 
 
 def resolve_component_weights(kind: str, name: str, pretrained: bool | str) -> Path | str:
+    """Kept for plugins written against toklip 0.1: components now receive resolved paths from
+    ``ComponentSpec.create``; use :func:`toklip.weights.local_weights` there instead."""
     from toklip.core.host import get_spec
 
     return resolve_weights(get_spec(kind, name), pretrained)
+
+
+def local_weights(value: bool | str | Path, what: str) -> Path:
+    """What a component does with ``pretrained=``/``checkpoint=``: it is a local path by now (``spec.create``
+    resolved tags and ``True`` through the registry); anything else is a clear error, never a download."""
+    if isinstance(value, (str, Path)) and not isinstance(value, bool):
+        path = Path(value).expanduser()
+        if path.exists():
+            return path
+    raise WeightsNotFoundError(
+        f"{what}: weights {value!r} are not a local file. Build components through the registry "
+        "(toklip.build(...) or toklip.get_spec(kind, name).create(pretrained=...)), which resolves weight tags "
+        "to files once, or pass a local path"
+    )

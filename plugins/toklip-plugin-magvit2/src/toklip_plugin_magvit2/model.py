@@ -130,21 +130,11 @@ def build_magvit2(
     model = Magvit2Tokenizer(resolve_arch(variant, config, overrides))
     path: str | Path | None = checkpoint
     if pretrained not in (None, False):
-        path = _resolve_pretrained(pretrained, variant)  # type: ignore[arg-type]
+        from toklip.weights import local_weights
+
+        path = local_weights(pretrained, f"Open-MAGVIT2 {variant or 'imagenet-256'}")
     if path is not None:
         model.load_checkpoint(path, weights=weights)
     model.requires_grad_(False)
     return model.eval()
 
-
-def _resolve_pretrained(pretrained: bool | str | Path, variant: str | None) -> Path:
-    if isinstance(pretrained, (str, Path)) and Path(pretrained).expanduser().is_file():
-        return Path(pretrained).expanduser()
-    from toklip.weights.hub import resolve_component_weights
-
-    name = VARIANTS[variant or "imagenet-256"][1]
-    if name is None:
-        raise ConfigError(
-            f"Open-MAGVIT2 variant {variant!r} has no published weights; pass checkpoint='/path/to/file.ckpt'"
-        )
-    return resolve_component_weights("vq", name, pretrained)  # type: ignore[arg-type]
