@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import toklip
-from toklip.errors import ConfigError, UnknownComponentError
+from toklip.errors import UnknownComponentError
 from toklip.testing.conformance import check_vq_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_builds_with_the_siglip2_test_encoder():
 
 
 def test_pretrained_without_published_weights():
-    with pytest.raises(ConfigError, match="no published weights"):
+    with pytest.raises(toklip.WeightsNotFoundError, match="no published weights"):
         toklip.get_spec("vq", "cosmos-test").create(pretrained=True)
 
 

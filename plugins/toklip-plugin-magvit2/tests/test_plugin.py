@@ -74,7 +74,7 @@ def test_decoding_a_single_token_grid_is_a_clear_error():
 
 
 def test_pretrained_without_published_weights():
-    with pytest.raises(ConfigError, match="no published weights"):
+    with pytest.raises(toklip.WeightsNotFoundError, match="no published weights"):
         toklip.get_spec("vq", "magvit2-test").create(pretrained=True)
 
 

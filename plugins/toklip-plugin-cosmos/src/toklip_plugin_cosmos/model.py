@@ -112,28 +112,18 @@ def build_cosmos(
     patch 2) or "test". ``config`` (fixture ``config.json`` or the official config dict) replaces it; keywords
     with the official config's names (``channels``, ``levels``, ...) override single settings.
     ``checkpoint``: a release folder, ``autoencoder.jit``, ``[encoder.jit, decoder.jit]`` or a state dict.
-    ``pretrained``: a local file/folder, a weights tag or True (the variant's release on the Hugging Face hub).
+    ``pretrained``: a local file/folder (the registry resolves a weights tag or True to the variant's release).
     """
     if checkpoint is not None and pretrained not in (None, False):
         raise ConfigError("pass either checkpoint= or pretrained=, not both")
     model = CosmosDITokenizer(resolve_arch(variant, config, overrides))
     source: Any = checkpoint
     if pretrained not in (None, False):
-        source = _resolve_pretrained(pretrained, variant)  # type: ignore[arg-type]
+        from toklip.weights import local_weights
+
+        source = local_weights(pretrained, f"Cosmos {variant or 'di16x16'}")
     if source is not None:
         model.load_checkpoint(source)
     model.requires_grad_(False)
     return model.eval()
 
-
-def _resolve_pretrained(pretrained: bool | str | Path, variant: str | None) -> Path:
-    if isinstance(pretrained, (str, Path)) and Path(pretrained).expanduser().exists():
-        return Path(pretrained).expanduser()
-    from toklip.hub import resolve_component_weights
-
-    name = VARIANTS[variant or "di16x16"][1]
-    if name is None:
-        raise ConfigError(
-            f"Cosmos variant {variant!r} has no published weights; pass checkpoint='/path/to/autoencoder.jit'"
-        )
-    return resolve_component_weights("vq", name, pretrained)  # type: ignore[arg-type]
