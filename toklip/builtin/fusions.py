@@ -16,7 +16,7 @@ def _to(dim_in: int, dim_out: int) -> nn.Module:
 class SumFusion(nn.Module):
     """low + high, each linearly projected to out_dim when its width differs."""
 
-    def __init__(self, low_dim: int, high_dim: int, out_dim: int | None = None, **_: object) -> None:
+    def __init__(self, low_dim: int, high_dim: int, out_dim: int | None = None) -> None:
         super().__init__()
         self.out_dim = out_dim or high_dim
         self.low_proj, self.high_proj = _to(low_dim, self.out_dim), _to(high_dim, self.out_dim)
@@ -28,7 +28,7 @@ class SumFusion(nn.Module):
 class WeightedSumFusion(SumFusion):
     """(1 - a) * low + a * high with a = sigmoid(w) learnable, starting at 0.5."""
 
-    def __init__(self, low_dim: int, high_dim: int, out_dim: int | None = None, **_: object) -> None:
+    def __init__(self, low_dim: int, high_dim: int, out_dim: int | None = None) -> None:
         super().__init__(low_dim, high_dim, out_dim)
         self.weight_logit = nn.Parameter(torch.zeros(()))
 
@@ -44,7 +44,7 @@ class WeightedSumFusion(SumFusion):
 class ConcatFusion(nn.Module):
     """Linear(concat(low, high)) -> out_dim."""
 
-    def __init__(self, low_dim: int, high_dim: int, out_dim: int | None = None, **_: object) -> None:
+    def __init__(self, low_dim: int, high_dim: int, out_dim: int | None = None) -> None:
         super().__init__()
         self.out_dim = out_dim or high_dim
         self.proj = nn.Linear(low_dim + high_dim, self.out_dim)

@@ -44,6 +44,12 @@ class OpenCLIPEncoderBase:
         pretrained: bool | str | None = None,
         name: str | None = None,
     ) -> None:
+        from toklip.model.config_schema import TEXT_DICT_KEYS, TEXT_KEYS, VIT_KEYS, check_keys
+
+        check_keys(vision or {}, VIT_KEYS, "encoder.vision")
+        check_keys(text or {}, TEXT_KEYS, "encoder.text", nested=TEXT_DICT_KEYS)
+        if tokenizer is not None:
+            check_tokenizer_name(tokenizer)
         self.model = model
         self.name = name or self.registry_name
         cfg = copy.deepcopy(dict(self.TINY_CONFIGS[model])) if model in self.TINY_CONFIGS else self._open_clip_config(model)
@@ -170,7 +176,10 @@ class OpenCLIPEncoderBase:
     def build_tokenizer(self) -> Callable[[Sequence[str]], Tensor] | None:
         if not self.tokenizer_name:
             return None
-        return LazyTokenizer(self.tokenizer_name, self.context_length, self.text_cfg.get("tokenizer_kwargs") or {})
+        from toklip.model.config_schema import TOKENIZER_KWARGS
+
+        kwargs = {k: v for k, v in (self.text_cfg.get("tokenizer_kwargs") or {}).items() if k in TOKENIZER_KWARGS}
+        return LazyTokenizer(self.tokenizer_name, self.context_length, kwargs)
 
 
 class LazyTokenizer:
@@ -188,7 +197,9 @@ class LazyTokenizer:
                 self._tok = SimpleTokenizer(context_length=self.context_length)
             else:
                 try:
-                    self._tok = HFTokenizer(self.name, context_length=self.context_length, **self.kwargs)
+                    # trust_remote_code=False: a tokenizer repo's Python never runs, whatever a config says
+                    self._tok = HFTokenizer(self.name, context_length=self.context_length, trust_remote_code=False,
+                                            **self.kwargs)
                 except Exception as e:  # noqa: BLE001 - offline / missing files come in many types
                     raise WeightsNotFoundError(
                         f"the tokenizer {self.name!r} comes from the Hugging Face hub and is not available "
@@ -203,6 +214,19 @@ class LazyTokenizer:
         if not all(isinstance(t, str) for t in texts):
             raise InputError("encode_text takes a list of strings or a LongTensor of token ids")
         return self._get()(list(texts))
+
+
+def check_tokenizer_name(name: str) -> None:
+    """A text tokenizer is the offline CLIP BPE or a hub repo id: never a local folder, whose files could
+    carry code for transformers to import."""
+    from toklip.weights.hub import is_hub_repo_id
+
+    if name in ("", CLIP_BPE) or is_hub_repo_id(name):
+        return
+    raise ConfigError(
+        f"encoder.tokenizer={name!r}: a tokenizer is {CLIP_BPE!r} or a Hugging Face hub repo id ('owner/name'), "
+        "not a path; to use a local tokenizer, pass token ids to encode_text or set model.tokenizer in code"
+    )
 
 
 def timm_vit(timm_name: str, *, img_size: int, pool: str, overrides: Mapping[str, Any]) -> nn.Module:

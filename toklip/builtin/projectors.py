@@ -20,7 +20,7 @@ class MLPProjector(nn.Module):
     computation with the exact codebook-space form; this module is the reference.
     """
 
-    def __init__(self, code_dim: int, vocab_size: int, width: int, hidden: int | None = None, **_: object) -> None:
+    def __init__(self, code_dim: int, vocab_size: int, width: int, hidden: int | None = None) -> None:
         super().__init__()
         self.code_dim, self.vocab_size, self.width = code_dim, vocab_size, width
         self.hidden = hidden or 4 * width
@@ -34,7 +34,7 @@ class MLPProjector(nn.Module):
 class CodebookProjector(nn.Module):
     """One learned D-dim row per code index (an embedding table). Memory = vocab * D * 4 bytes in fp32."""
 
-    def __init__(self, code_dim: int, vocab_size: int, width: int, max_bytes: int = 1 << 30, **_: object) -> None:
+    def __init__(self, code_dim: int, vocab_size: int, width: int, max_bytes: int = 1 << 30) -> None:
         super().__init__()
         cost = vocab_size * width * 4
         if cost > max_bytes:
@@ -56,7 +56,7 @@ class CodebookProjector(nn.Module):
 class IdentityProjector(nn.Module):
     """Code vectors passed through: for tokenizers whose code dim already equals the encoder width."""
 
-    def __init__(self, code_dim: int, vocab_size: int, width: int, **_: object) -> None:
+    def __init__(self, code_dim: int, vocab_size: int, width: int) -> None:
         super().__init__()
         if code_dim != width:
             raise ConfigError(

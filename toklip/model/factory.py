@@ -140,9 +140,14 @@ def build(
 
 
 def _spec(kind: str, ref: ComponentRef | str) -> ComponentSpec:
+    """The registered spec, its requirements met and the config's keyword arguments checked against it."""
+    from toklip.model.config_schema import check_factory_kwargs
+
     name = ref if isinstance(ref, str) else ref.name
     spec = get_host().get(kind, name)
     spec.check_requirements()
+    if isinstance(ref, ComponentRef) and ref.kwargs:
+        check_factory_kwargs(spec.load(), ref.kwargs, f"{kind} {name!r}")
     return spec
 
 
