@@ -111,7 +111,7 @@ class DFNEncoder(OpenCLIPEncoderBase):
     def load_visual(self, vit: nn.Module) -> None:
         if self.state() is None:
             return
-        from toklip.checkpoints import load_state_dict_strict
+        from toklip.weights import load_state_dict_strict
 
         converted = open_clip_visual_to_timm(self._subset("visual."))
         load_state_dict_strict(vit, converted, source=f"{self.pretrained} [visual.*]")
@@ -122,7 +122,7 @@ class DFNEncoder(OpenCLIPEncoderBase):
         tower = _build_text_tower(self.embed_dim, dict(self.text_cfg), quick_gelu=bool(self.cfg.get("quick_gelu")))
         state = self.state()
         if state is not None:
-            from toklip.checkpoints import load_state_dict_strict
+            from toklip.weights import load_state_dict_strict
 
             # open_clip's CLIP keeps the text tower at the top level of its state dict
             text = {k: v for k, v in state.items()

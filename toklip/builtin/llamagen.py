@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toklip.core.protocols import VQEncoding
-from toklip.layers.vq import VQTokenizerBase
+from toklip.layers import VQTokenizerBase
 
 VARIANTS = {"VQ-16": [1, 1, 2, 2, 4], "VQ-8": [1, 2, 2, 4]}
 USAGE_BUFFER = 65536  # LlamaGen keeps a 65536-entry `codebook_used` buffer; unused at inference
@@ -222,7 +222,7 @@ class LlamaGenVQ(VQTokenizerBase):
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Load a LlamaGen release file (``ema`` preferred, then ``model``, then ``state_dict``), strictly."""
-        from toklip.checkpoints import load_state_dict_strict, read_checkpoint
+        from toklip.weights import load_state_dict_strict, read_checkpoint
 
         obj = read_checkpoint(path)
         sd = obj

@@ -114,7 +114,7 @@ class OpenCLIPEncoderBase:
     def _load(self, module: nn.Module, prefix: str, *, skip: Sequence[str] = ()) -> None:
         if self.state() is None:
             return
-        from toklip.checkpoints import load_state_dict_strict
+        from toklip.weights import load_state_dict_strict
 
         sub = {k: v for k, v in self._subset(prefix).items() if not any(k.startswith(s) for s in skip)}
         if not sub:

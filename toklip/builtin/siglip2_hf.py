@@ -26,7 +26,7 @@ _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
 
 def read_hf_state(source: str | Path) -> dict[str, Tensor]:
     """All tensors of a transformers checkpoint: a local folder (single or sharded safetensors) or a hub repo id."""
-    from toklip.checkpoints import read_checkpoint
+    from toklip.weights import read_checkpoint
 
     folder = Path(source).expanduser()
     if folder.is_file():

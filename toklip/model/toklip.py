@@ -2,7 +2,7 @@
 
 Parameter names: ``vq.*`` (the tokenizer's own keys), ``projector.*``, ``token_encoder.*`` (timm ViT names
 without ``patch_embed``), ``text.*`` (open_clip), ``fusion.*``, ``logit_scale``, ``logit_bias``. The official
-checkpoint maps onto these by prefix (see toklip.checkpoints.OFFICIAL_PREFIXES).
+checkpoint maps onto these by prefix (see toklip.weights.official.OFFICIAL_PREFIXES).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from toklip.checkpoints import read_checkpoint
+from toklip.weights import read_checkpoint
 from toklip.core.errors import CheckpointError, ConfigError
 from toklip_plugin_magvit2.model import build_magvit2
 

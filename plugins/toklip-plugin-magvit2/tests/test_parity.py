@@ -117,7 +117,7 @@ def test_pretrained_local_path_loads_the_release_file(fixtures, vectors):
 def test_safetensors_and_plain_state_dicts_load(tmp_path, fixtures, vectors, tokenizer):
     from safetensors.torch import save_file
 
-    from toklip.checkpoints import read_checkpoint
+    from toklip.weights import read_checkpoint
     from toklip_plugin_magvit2.model import build_magvit2
 
     # the Lightning layout (raw + EMA keys) as safetensors

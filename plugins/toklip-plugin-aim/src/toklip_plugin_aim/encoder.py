@@ -66,14 +66,14 @@ class AIMv2Encoder:
 
         vit = timm_vit(self.timm_name, img_size=self.image_size, pool="avg", overrides=self.overrides)
         if self.pretrained:
-            from toklip.checkpoints import load_state_dict_strict
+            from toklip.weights import load_state_dict_strict
 
             load_state_dict_strict(vit, self._weights(), source=str(self.pretrained))
         return vit
 
     def _weights(self) -> dict[str, Tensor]:
         if self._state is None:
-            from toklip.checkpoints import read_checkpoint, unwrap_state_dict
+            from toklip.weights import read_checkpoint, unwrap_state_dict
             from toklip_plugin_aim.convert import hf_aimv2_to_timm, is_timm_layout
 
             state = unwrap_state_dict(read_checkpoint(str(self.pretrained)))

@@ -14,8 +14,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from toklip.errors import ConfigError
-from toklip.protocols import VQEncoding
-from toklip.vq_base import VQTokenizerBase
+from toklip.core.protocols import VQEncoding
+from toklip.layers import VQTokenizerBase
 
 from toklip_plugin_cosmos.checkpoint import load_cosmos_weights
 from toklip_plugin_cosmos.config import ARCH_KEYS, IGNORED_KEYS, CosmosArch, arch_from_config, arch_kwargs

@@ -15,7 +15,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from toklip.checkpoints import load_state_dict_strict, read_checkpoint, unwrap_state_dict
+from toklip.weights import load_state_dict_strict, read_checkpoint, unwrap_state_dict
 from toklip.core.errors import CheckpointError, ConfigError
 
 Weights = Literal["auto", "ema", "raw"]

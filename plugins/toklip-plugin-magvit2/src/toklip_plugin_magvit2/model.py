@@ -15,7 +15,7 @@ from torch import Tensor
 
 from toklip.core.errors import ConfigError, InputError
 from toklip.core.protocols import VQEncoding
-from toklip.layers.vq import VQTokenizerBase
+from toklip.layers import VQTokenizerBase
 
 from toklip_plugin_magvit2 import lfq
 from toklip_plugin_magvit2.checkpoint import Weights, load_magvit2_checkpoint
