@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -37,3 +38,37 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+MAX_CONFIG_BYTES = 16 << 20  # configs, presets and manifests are small; anything larger is not one
+
+
+def read_json(path: str | Path, what: str = "config", *, max_bytes: int = MAX_CONFIG_BYTES) -> Any:
+    """A JSON file read the one way every config, preset and state file is: a missing file, a file too large to be
+    one, bad UTF-8 or bad JSON are each a ConfigError that names the file and the problem."""
+    from toklip.core.errors import ConfigError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{what} file {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ConfigError(f"{what} file {path} is {size} bytes; a {what} is at most {max_bytes} bytes")
+    return parse_json(path.read_bytes(), f"{what} file {path}")
+
+
+def parse_json(data: bytes | str, where: str) -> Any:
+    """``json.loads`` with UTF-8, syntax and integer-size errors reported as one ConfigError naming ``where``."""
+    import json
+
+    from toklip.core.errors import ConfigError
+
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where} is not UTF-8 text (byte {e.start})") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise ConfigError(f"{where} is not valid JSON: {e}") from e

@@ -125,17 +125,12 @@ class TokLIPConfig:
 
     @classmethod
     def from_json(cls, path_or_text: str | Path) -> TokLIPConfig:
+        from toklip.core.io import parse_json, read_json
+
         text = str(path_or_text)
         if isinstance(path_or_text, Path) or not text.lstrip().startswith("{"):
-            try:
-                text = Path(path_or_text).read_text(encoding="utf-8")
-            except OSError as e:
-                raise ConfigError(f"cannot read config {path_or_text}: {e}") from e
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+            return cls.from_dict(read_json(path_or_text, "config"))
+        return cls.from_dict(parse_json(text, "config"))
 
     def without_pretrained(self) -> TokLIPConfig:
         """The same architecture with every component's weight sources (`pretrained`, `checkpoint`) cleared:

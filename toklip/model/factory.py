@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.resources
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from toklip.core.io import parse_json, read_json
 from toklip.model.config import ComponentRef, TokLIPConfig
 from toklip.core.errors import ConfigError
 from toklip.core.host import get_host
@@ -29,13 +29,9 @@ def preset_data(spec: ComponentSpec) -> dict[str, Any]:
     text_src = str(src)
     if ":" in text_src and not Path(text_src).exists():
         package, _, resource = text_src.partition(":")
-        text = importlib.resources.files(package).joinpath(resource).read_text(encoding="utf-8")
-    else:
-        text = Path(text_src).read_text(encoding="utf-8")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"preset {spec.name!r} ({text_src}) is not valid JSON: {e}") from e
+        data = importlib.resources.files(package).joinpath(resource).read_bytes()
+        return parse_json(data, f"preset {spec.name!r} ({text_src})")
+    return read_json(text_src, f"preset {spec.name!r}")
 
 
 def resolve_config(source: str | Path | Mapping[str, Any] | TokLIPConfig) -> TokLIPConfig:
@@ -47,13 +43,7 @@ def resolve_config(source: str | Path | Mapping[str, Any] | TokLIPConfig) -> Tok
     text = str(source)
     path = Path(text).expanduser()
     if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise ConfigError(f"config file {text!r} does not exist")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from e
-        return _from_mapping(data)
+        return _from_mapping(read_json(path, "config"))
     spec = get_host().get("preset", text)
     cfg = _from_mapping(preset_data(spec))
     cfg.name = cfg.name or spec.name

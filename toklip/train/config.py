@@ -208,17 +208,20 @@ class TrainConfig:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
+    from toklip.core.io import MAX_CONFIG_BYTES, read_json
+
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"training config {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = load_yaml(text)
-    except Exception as e:  # noqa: BLE001 - yaml and json raise different types
-        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from e
+    if path.suffix == ".json":
+        data = read_json(path, "training config")
+    else:
+        if not path.is_file():
+            raise ConfigError(f"training config {str(path)!r} does not exist")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"training config {path} is larger than {MAX_CONFIG_BYTES} bytes: not a config")
+        try:
+            data = load_yaml(path.read_text(encoding="utf-8"))
+        except Exception as e:  # noqa: BLE001 - yaml raises many types (and UnicodeDecodeError)
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
