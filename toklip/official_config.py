@@ -1,5 +1,5 @@
-"""Moved to ``toklip.weights.official_config``."""
+"""Moved to ``toklip.model.official_config``."""
 
 from toklip.core.compat import moved_module
 
-moved_module(__name__, "toklip.weights.official_config", warn=False)
+moved_module(__name__, "toklip.model.official_config", warn=False)

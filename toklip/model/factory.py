@@ -51,7 +51,7 @@ def resolve_config(source: str | Path | Mapping[str, Any] | TokLIPConfig) -> Tok
 
 
 def _from_mapping(data: Mapping[str, Any]) -> TokLIPConfig:
-    from toklip.weights.official_config import is_official_config, toklip_config_from_official
+    from toklip.model.official_config import is_official_config, toklip_config_from_official
 
     if is_official_config(data):
         return toklip_config_from_official(data)
