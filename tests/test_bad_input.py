@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import toklip
-from toklip.checkpoints import read_checkpoint
+from toklip.weights import read_checkpoint
 from toklip.errors import CheckpointError, InputError
 
 
@@ -112,15 +112,15 @@ class WritesAFile:
         return (open, (self.path, "w"))
 
 
-@pytest.mark.parametrize("container", ["legacy", "zip"])
+@pytest.mark.parametrize("container", ["plain-pickle", "torch-legacy", "zip"])
 def test_pickle_with_code_is_refused_and_nothing_runs(tmp_path, container):
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "evil.pt"
     payload = {"state_dict": {"x": torch.zeros(1)}, "evil": WritesAFile(str(marker))}
-    if container == "zip":
-        torch.save(payload, ckpt)
-    else:
+    if container == "plain-pickle":
         ckpt.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, ckpt, _use_new_zipfile_serialization=container == "zip")
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="refused to load .*never unpickles arbitrary objects"):
         read_checkpoint(ckpt)
@@ -145,12 +145,24 @@ def test_truncated_safetensors(tmp_path, fixtures_dir):
         read_checkpoint(bad)
 
 
-@pytest.mark.parametrize("content", [b"hello world, not a checkpoint", b"PK\x03\x04garbage"])
-def test_non_checkpoint_files(tmp_path, content):
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"hello world, not a checkpoint", r"not a zip archive .*not a safetensors file and not a legacy PyTorch "
+                                           r"pickle; its first bytes are b'hello world, not'"),
+        (np.random.default_rng(0).bytes(4096)[1:], r"not a legacy PyTorch pickle; its first bytes are b'"),
+        (b"PK\x03\x04garbage", "starts like a zip archive but the archive is truncated or corrupt"),
+        (b"\x80\x02garbage that is no pickle", "truncated or corrupt pickle data"),
+        (pickle.dumps({"a": 1, "b": [2.0]}, protocol=2), "is a plain Python pickle, not a PyTorch checkpoint"),
+    ],
+    ids=["text", "random-bytes", "broken-zip", "broken-pickle", "plain-pickle"],
+)
+def test_non_checkpoint_files_say_what_was_found(tmp_path, content, match):
     f = tmp_path / "x.pt"
     f.write_bytes(content)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=match) as e:
         read_checkpoint(f)
+    assert "pickled Python objects" not in str(e.value)
 
 
 def test_missing_and_empty_files(tmp_path):
@@ -198,12 +210,14 @@ def test_official_training_checkpoint_with_optimizer_and_numpy_scalars(tmp_path,
                 data = data.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
             dst.writestr(info, data)
     loaded = read_checkpoint(old)
-    assert float(loaded["optimizer"]["param_groups"][0]["lr"]) == 1e-5
+    lr = loaded["optimizer"]["param_groups"][0]["lr"]
+    assert type(lr) is float and lr == 1e-5  # a plain number: numpy never builds anything from the file
+    assert toklip.load_official(old, config=fixtures_dir / "official-toklip" / "config.json").image_size == 64
 
 
 def test_convert_writes_safetensors_and_config(tmp_path, fixtures_dir):
     d = fixtures_dir / "official-toklip"
-    from toklip.checkpoints import convert_official
+    from toklip.model.loading import convert_official
 
     out = convert_official(d / "official_state.pt", tmp_path / "out", config=d / "config.json")
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]

@@ -148,7 +148,7 @@ def test_llamagen_release_file_loads_standalone(fixture_paths, vectors):
 
 
 def test_official_key_names_map_one_to_one(fixture_paths):
-    from toklip.checkpoints import official_to_toklip_key, toklip_to_official_key
+    from toklip.weights.official import official_to_toklip_key, toklip_to_official_key
 
     official = load_file(str(fixture_paths["st"]))
     model = _load(fixture_paths)
@@ -172,7 +172,7 @@ def _key_file(path):
                                          ("toklip-l-384", "keys_toklip_l_384.txt")])
 def test_full_size_presets_have_the_official_keys_and_shapes(fixture_paths, preset, keys):
     """Built on the meta device: no memory, no init, exact names and shapes."""
-    from toklip.checkpoints import toklip_to_official_key
+    from toklip.weights.official import toklip_to_official_key
 
     expected = _key_file(fixture_paths["dir"] / keys)
     model = toklip.build(preset, device="meta")
@@ -182,7 +182,7 @@ def test_full_size_presets_have_the_official_keys_and_shapes(fixture_paths, pres
 
 
 def test_card_example_builds_toklip_s_architecture(fixture_paths):
-    from toklip.checkpoints import toklip_to_official_key
+    from toklip.weights.official import toklip_to_official_key
 
     expected = _key_file(fixture_paths["dir"] / "keys_toklip_s_256.txt")
     model = toklip.build(vq="llamagen", encoder="siglip2", device="meta")
@@ -195,20 +195,16 @@ def test_card_example_builds_toklip_s_architecture(fixture_paths):
 def test_meta_device_loading_equals_a_normal_build(fixture_paths):
     """load_official builds on the meta device and adopts the checkpoint tensors; the result must equal a
     randomly-initialised build loaded the ordinary way, and nothing may stay on the meta device."""
-    from toklip.checkpoints import (
-        _optional_toklip_keys,
-        load_state_dict_strict,
-        official_state_to_toklip,
-        read_checkpoint,
-        unwrap_state_dict,
-    )
     from toklip.model.factory import build_from_config, resolve_config
+    from toklip.model.loading import _optional_keys
+    from toklip.weights import load_state_dict_strict, read_checkpoint, unwrap_state_dict
+    from toklip.weights.official import official_state_to_toklip
 
     fast = toklip.load_official(fixture_paths["pt"], config=fixture_paths["config"])
     cfg = resolve_config(fixture_paths["config"])
     slow = build_from_config(cfg)
     state = official_state_to_toklip(unwrap_state_dict(read_checkpoint(fixture_paths["pt"])))
-    load_state_dict_strict(slow, state, source="x", allow_missing=_optional_toklip_keys(slow))
+    load_state_dict_strict(slow, state, source="x", allow_missing=_optional_keys(slow))
     assert not any(t.is_meta for t in [*fast.parameters(), *fast.buffers()])
     sf, ss = fast.state_dict(), slow.state_dict()
     assert all(torch.equal(sf[k], ss[k]) for k in state)

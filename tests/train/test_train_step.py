@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import toklip
-from toklip.checkpoints import official_to_toklip_key
+from toklip.weights.official import official_to_toklip_key
 from toklip.errors import ConfigError
 from toklip.train.losses import LossConfig, TokLIPLoss
 from toklip.train.step import StudentForward

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from toklip.core.lazy import lazy_getattr
 
 _LAZY = {
-    "read_checkpoint": "toklip.checkpoints:read_checkpoint",
+    "read_checkpoint": "toklip.weights.readers:read_checkpoint",
     "unwrap_state_dict": "toklip.weights.readers:unwrap_state_dict",
     "load_state_dict_strict": "toklip.weights.readers:load_state_dict_strict",
     "local_weights": "toklip.weights.hub:local_weights",
@@ -22,5 +22,4 @@ __all__ = list(_LAZY)
 __getattr__ = lazy_getattr(__name__, _LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from toklip.checkpoints import read_checkpoint
-    from toklip.weights.readers import load_state_dict_strict, unwrap_state_dict
+    from toklip.weights.readers import load_state_dict_strict, read_checkpoint, unwrap_state_dict

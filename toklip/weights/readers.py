@@ -1,15 +1,47 @@
-"""Safe state-dict handling every loader and plugin shares: find the state dict inside a training checkpoint,
-and load it strictly with a readable report of what differs. ``read_checkpoint`` reads files safely.
+"""Safe reading every loader and plugin shares: ``read_checkpoint`` (safetensors, or ``.pt`` through
+:mod:`toklip.weights.torch_pickle`: never an unrestricted unpickle), the state dict inside a training checkpoint,
+and strict loading with a readable report of what differs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from toklip.core.errors import CheckpointError
+from toklip.weights.torch_pickle import read_torch_checkpoint
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By suffix, or by content: an 8-byte little-endian header length that fits the file, then ``{``."""
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """Read a .safetensors file or a PyTorch checkpoint safely (tensors, containers and plain numbers only)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty")
+    if _is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a valid safetensors file (truncated?): {e}") from e
+    return read_torch_checkpoint(path)
 
 
 def unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
@@ -21,7 +53,8 @@ def unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
                 sd = obj[key]
                 break
     if not isinstance(sd, Mapping) or not sd:
-        raise CheckpointError(f"no state dict found in the checkpoint (top-level keys: {list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__})")
+        keys = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"no state dict found in the checkpoint (top-level keys: {keys})")
     bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"the state dict has non-tensor entries, e.g. {bad[:3]}")
