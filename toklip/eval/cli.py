@@ -25,7 +25,7 @@ def _model_options(f):  # type: ignore[no-untyped-def]
 
 @click.group("eval", context_settings={"help_option_names": ["-h", "--help"]})
 def eval_command() -> None:
-    """Evaluate a TokLIP model: zero-shot classification or image-text retrieval."""
+    """Evaluate: zero-shot classification, image-text retrieval (TokLIP models), reconstruction (VQ tokenizers)."""
 
 
 @eval_command.command("zeroshot")
@@ -75,3 +75,42 @@ def retrieval_command(captions: str, images_root: str | None, split: str, model_
     res["model"] = model_name
     write_results(out_path, res)
     click.echo(json.dumps(res, indent=2))
+
+
+@eval_command.command("recon")
+@click.argument("images")
+@click.option("--vq", "vqs", multiple=True, help="NAME or NAME=WEIGHTS (a tag such as c2i, or a file); repeatable")
+@click.option("--model", "models", multiple=True, help="a TokLIP model whose VQ to evaluate; repeatable")
+@click.option("--random-weights", is_flag=True, help="allow random weights (tests)")
+@click.option("--seed", default=0, show_default=True, help="seed drawn before building random weights")
+@click.option("--image-size", default=256, show_default=True)
+@click.option("--limit", type=int, default=None, help="at most this many images")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", "precision", default="fp32", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]))
+@click.option("--inception-weights", default=None, help="torch-fidelity's pt_inception-2015-12-05-6726825d.pth (rFID)")
+@click.option("--lpips-weights", default=None, help="torchvision alexnet state dict file (LPIPS)")
+@click.option("--png", default=None, help="example reconstructions side by side (default: none)")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="write results JSON here")
+def recon_command(images: str, vqs: tuple[str, ...], models: tuple[str, ...], random_weights: bool, seed: int,
+                  image_size: int, limit: int | None, batch_size: int, device: str, precision: str,
+                  inception_weights: str | None, lpips_weights: str | None, png: str | None,
+                  out_path: str | None) -> None:
+    """Reconstruction quality of VQ tokenizers on the same IMAGES: PSNR, SSIM, codebook usage and perplexity,
+    rFID and LPIPS (with their weight files): a table, JSON (--out) and a PNG (--png)."""
+    from toklip.core.errors import ConfigError
+    from toklip.eval.common import write_results
+    from toklip.eval.recon import format_table, recon_eval
+    from toklip.tokenize.encode import TokenizerSpec
+
+    specs = []
+    for item in vqs:
+        name, _, w = item.partition("=")
+        specs.append(TokenizerSpec("vq", name, w or None, {}, seed, random_weights))
+    specs += [TokenizerSpec("model", m, None, {}, seed, random_weights) for m in models]
+    if not specs:
+        raise ConfigError("give at least one --vq NAME[=WEIGHTS] or --model MODEL")
+    res = recon_eval(images, specs, image_size=image_size, limit=limit, batch_size=batch_size, device=device,
+                     precision=precision, inception_weights=inception_weights, lpips_weights=lpips_weights, png=png)
+    write_results(out_path, res)
+    click.echo(format_table(res))

@@ -1,0 +1,140 @@
+"""``toklip tokenize`` vs a LlamaGen-style extraction loop, on the same images and the same VQ, in the same run.
+
+- ``llamagen-loop``: what ``extract_codes_c2i.py`` does: ADM centre crop, batch 1, fp32, one int64 ``.npy`` per
+  image (the views of one image in one file).
+- ``toklip-fp32`` / ``toklip-bf16``: ``tokenize_dataset`` (batched, loader workers, uint16 shards); bf16 runs the
+  encoder under bf16 autocast with fp32 codebook distances. Beside every mode: the share of indices equal to the
+  fp32 batch-1 loop's.
+- ``bf16-distances`` (reference point, not a toklip mode): the whole VQ under bf16 autocast, distances included.
+
+Reports images/s, bytes on disk per image, and the ratios the issue sets goals for (>= 3x images/s on CPU, >= 10x
+on GPU, >= 4x fewer bytes).
+
+    python benchmarks/bench_tokenize.py --vq llamagen-test --image-size 64 --n 64
+    python benchmarks/bench_tokenize.py --vq llamagen --image-size 256 --n 200 --augment flip   # full size
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import device_slug, environment  # noqa: E402
+
+
+def make_images(root: Path, n: int, seed: int = 0) -> Path:
+    """``n`` JPEGs of 320x288 with smooth structure (random noise would be unlike real images for a VQ)."""
+    rng = np.random.default_rng(seed)
+    d = root / "images"
+    d.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:288, 0:320] / 64.0
+    for i in range(n):
+        f = rng.uniform(0.5, 3, size=(3, 2))
+        arr = np.stack([np.sin(xx * f[c, 0] + yy * f[c, 1] + rng.uniform(0, 6)) for c in range(3)], -1)
+        img = Image.fromarray(((arr + 1) * 127.5).astype(np.uint8))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        (d / f"{i:05d}.jpg").write_bytes(buf.getvalue())
+    return d
+
+
+def llamagen_loop(images: Path, out: Path, tok, augment: str) -> tuple[float, int, np.ndarray]:
+    """Batch 1, fp32, one int64 .npy per image: the baseline."""
+    from toklip.tokenize.augment import make_views, to_model_range
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = sorted(images.iterdir())
+    all_indices = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for p in paths:
+            x = to_model_range(make_views(p, tok.image_size, augment))
+            idx = tok.vq.encode(x.to(tok.device)).indices.reshape(x.shape[0], -1).cpu().numpy().astype(np.int64)
+            np.save(out / f"{p.stem}.npy", idx[None])
+            all_indices.append(idx)
+    seconds = time.perf_counter() - start
+    return seconds, sum(f.stat().st_size for f in out.iterdir()), np.stack(all_indices)
+
+
+def bf16_everywhere(images: Path, tok, augment: str, batch: int) -> np.ndarray:
+    """The whole VQ (distances included) under bf16 autocast: what "just use bf16" gives."""
+    from toklip.tokenize.augment import make_views, to_model_range
+
+    x = torch.stack([make_views(p, tok.image_size, augment) for p in sorted(images.iterdir())])
+    a = x.shape[1]
+    flat = to_model_range(x.reshape(-1, *x.shape[2:]))
+    out = []
+    with torch.inference_mode(), torch.autocast(tok.device.type, dtype=torch.bfloat16):
+        for s in range(0, len(flat), batch * a):
+            out.append(tok.vq.encode(flat[s : s + batch * a].to(tok.device)).indices.reshape(-1, tok.grid[0] ** 2))
+    return torch.cat(out).cpu().numpy().reshape(len(x), a, -1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vq", default="llamagen-test")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--n", type=int, default=64, help="images")
+    ap.add_argument("--augment", default="center", choices=["center", "flip", "ten-crop"])
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--modes", default="fp32,bf16")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<device>)")
+    args = ap.parse_args()
+
+    from toklip.tokenize.encode import TokenizerSpec, build_tokenizer
+    from toklip.tokenize.runner import TokenizeOptions, tokenize_dataset
+
+    spec = TokenizerSpec("vq", args.vq, None, {}, 0, random_weights=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        images = make_images(root, args.n)
+        tok = build_tokenizer(spec, device=args.device, image_size=args.image_size, precision="fp32")
+        base_s, base_bytes, base_idx = llamagen_loop(images, root / "llamagen", tok, args.augment)
+        rows.append({"mode": "llamagen-loop", "images_per_s": args.n / base_s, "bytes_per_image": base_bytes / args.n,
+                     "index_match": 1.0})
+        print(f"llamagen-loop  {args.n / base_s:8.2f} img/s  {base_bytes / args.n:9.0f} B/img", flush=True)
+        for mode in args.modes.split(","):
+            out = root / f"toklip-{mode}"
+            opts = TokenizeOptions(augment=args.augment, batch_size=args.batch_size, workers=args.workers)
+            s = tokenize_dataset(images, out, spec, options=opts, image_size=args.image_size, precision=mode,
+                                 device=args.device, progress=False, echo=lambda m: None)
+            m = json.loads((out / "manifest.json").read_text())
+            idx = np.load(out / m["shards"][0]["tokens_file"]).astype(np.int64)
+            nbytes = sum((out / sh["tokens_file"]).stat().st_size for sh in m["shards"])
+            row = {"mode": f"toklip-{mode}", "images_per_s": s.images_per_second, "bytes_per_image": nbytes / args.n,
+                   "index_match": float((idx == base_idx).mean()), "precision": m["precision"]}
+            rows.append(row)
+            print(f"{row['mode']:<14} {row['images_per_s']:8.2f} img/s  {row['bytes_per_image']:9.0f} B/img  "
+                  f"indices equal to fp32: {row['index_match']:.2%}", flush=True)
+        ref = bf16_everywhere(images, tok, args.augment, args.batch_size)
+        rows.append({"mode": "bf16-distances (reference)", "index_match": float((ref == base_idx).mean())})
+        print(f"bf16 distances too: indices equal to fp32: {rows[-1]['index_match']:.2%}")
+    base = rows[0]
+    best = max((r for r in rows if r["mode"].startswith("toklip")), key=lambda r: r["images_per_s"])
+    ratios = {"images_per_s_best_vs_loop": best["images_per_s"] / base["images_per_s"], "best_mode": best["mode"],
+              "bytes_loop_vs_toklip": base["bytes_per_image"] / best["bytes_per_image"]}
+    print(f"best {best['mode']}: {ratios['images_per_s_best_vs_loop']:.2f}x the images/s of the batch-1 fp32 loop, "
+          f"{ratios['bytes_loop_vs_toklip']:.2f}x fewer bytes")
+    out_dir = args.out or Path(__file__).resolve().parent / "results" / device_slug()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"bench_tokenize_{args.vq}_{args.image_size}_{args.augment}.json"
+    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "ratios": ratios,
+                                "command": " ".join(sys.argv), "environment": environment()}, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The tokenizer a run uses: a registered VQ (``--vq``) or a full TokLIP model (``--model``), how to rebuild it
+(recorded in the manifest, so ``verify`` decodes with the same weights), and batched encoding.
+
+Precision. ``fp32`` runs everything in float32. ``bf16`` runs the VQ *encoder* under bf16 autocast (with
+``channels_last`` on GPU) and the nearest-code search in float32: bf16 distances flip near-ties (about 8 % of the
+indices of the full-size LlamaGen VQ), fp32 distances on a bf16 latent keep nearly all of them. The split needs
+the VQ's latent -> indices step: LlamaGen's ``quantize``, or any VQ with ``encode_latent(images) -> latent`` and
+``quantize_latent(latent) -> indices`` methods. A VQ without them runs in fp32 (with a warning), never silently
+in bf16 distances.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from toklip.core.errors import ConfigError
+
+log = logging.getLogger("toklip")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TokenizerSpec:
+    """How to rebuild the tokenizer: ``source`` is "vq" (``name`` a registered VQ) or "model" (``name`` what
+    ``--model`` takes). ``weights`` is a file, a tag, or None for random weights drawn after ``seed``."""
+
+    source: str
+    name: str
+    weights: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    random_weights: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (sorted by name): the identity of the weights,
+    whatever file (or random seed) they came from."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--dtype {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def _latent_split(vq: nn.Module) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None:
+    enc, quant = getattr(vq, "encode_latent", None), getattr(vq, "quantize_latent", None)
+    if callable(enc) and callable(quant):
+        return enc, quant
+    from toklip.builtin.llamagen import LlamaGenVQ
+
+    if isinstance(vq, LlamaGenVQ):
+        return (lambda x: vq.quant_conv(vq.encoder(x))), (lambda z: vq.quantize(z)[0])
+    return None
+
+
+class Tokenizer:
+    """A VQ (and optionally the TokLIP model around it) on one device, in eval mode, with batched encoding."""
+
+    def __init__(self, spec: TokenizerSpec, vq: nn.Module, *, model: Any = None, image_size: int | None = None,
+                 device: torch.device, precision: str = "fp32") -> None:
+        self.spec, self.vq, self.model, self.device = spec, vq, model, device
+        self.image_size = int(model.image_size) if model is not None else image_size
+        self.precision = precision
+        self.vocab_size, self.downsample = int(vq.vocab_size), int(vq.downsample)
+        self.weights_sha256 = state_dict_sha256(vq)
+        self.model_sha256 = state_dict_sha256(model) if model is not None else None
+        self._split = _latent_split(vq)
+        if precision == "bf16" and self._split is None:
+            warnings.warn(f"{spec.name}: this VQ has no encode_latent/quantize_latent split, so bf16 would compute "
+                          "the codebook distances in bf16 too; encoding in fp32 instead", stacklevel=2)
+            self.precision = "fp32"
+        if device.type == "cuda":
+            self.vq.to(memory_format=torch.channels_last)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = int(self.image_size) // self.downsample
+        return side, side
+
+    def describe_precision(self) -> dict[str, str]:
+        if self.precision == "bf16":
+            return {"encoder": "bf16 autocast", "distances": "fp32"}
+        return {"encoder": "fp32", "distances": "fp32"}
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    @torch.inference_mode()
+    def indices(self, images: Tensor) -> Tensor:
+        """images ``[B, 3, S, S]`` in [-1, 1] -> indices ``[B, N]`` int64 (on the device)."""
+        from toklip.layers.vq import check_images
+
+        images = images.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        b = images.shape[0]
+        if self.precision == "fp32" or self._split is None:
+            return self.vq.encode(images).indices.reshape(b, -1)
+        to_latent, quantize = self._split
+        check_images(images, downsample=self.downsample)
+        with self._autocast():
+            latent = to_latent(images)
+        with torch.autocast(self.device.type, enabled=False):
+            return quantize(latent.float()).reshape(b, -1)
+
+    @torch.inference_mode()
+    def pooled(self, indices: Tensor) -> Tensor:
+        """indices ``[B, N]`` -> the model's pooled embedding ``[B, D]`` (needs ``--model``)."""
+        if self.model is None:
+            raise ConfigError("--features pooled needs a TokLIP model (--model), not a bare VQ (--vq)")
+        with self._autocast():
+            return self.model.tokenize_indices(indices).pooled.float()
+
+    @torch.inference_mode()
+    def decode(self, indices: Tensor) -> Tensor:
+        """indices ``[B, N]`` -> images ``[B, 3, S, S]`` in [-1, 1] (float32)."""
+        h, w = self.grid
+        return self.vq.decode(indices.to(self.device).reshape(-1, h, w)).float()
+
+
+def build_tokenizer(spec: TokenizerSpec, *, device: str = "auto", image_size: int | None = None,
+                    precision: str = "auto") -> Tokenizer:
+    """Build (or load) what ``spec`` names on ``device``; random weights are drawn right after ``seed``."""
+    from toklip.model.loading import load_model, resolve_device
+
+    dev = resolve_device(device)
+    torch.manual_seed(spec.seed)
+    if spec.source == "model":
+        model = load_model(spec.name, weights=spec.weights, random_weights=spec.random_weights, device=str(dev),
+                           dtype="float32")
+        if image_size is not None and image_size != model.image_size:
+            raise ConfigError(f"--image-size {image_size} differs from the model's {model.image_size}; drop it")
+        return Tokenizer(spec, model.vq, model=model, device=dev, precision=resolve_precision(precision, dev))
+    if spec.source != "vq":
+        raise ConfigError(f"unknown tokenizer source {spec.source!r} (expected 'vq' or 'model')")
+    vq = build_vq(spec).to(dev).float().eval()
+    if image_size is None:
+        raise ConfigError("--vq needs --image-size (the VQ takes any multiple of its downsample factor)")
+    if image_size % int(vq.downsample):
+        raise ConfigError(f"--image-size {image_size} is not a multiple of {spec.name}'s downsample factor "
+                          f"{vq.downsample}")
+    return Tokenizer(spec, vq, image_size=image_size, device=dev, precision=resolve_precision(precision, dev))
+
+
+def build_vq(spec: TokenizerSpec) -> nn.Module:
+    from toklip.core.host import get_spec
+    from toklip.weights.hub import resolve_weights
+
+    component = get_spec("vq", spec.name)
+    component.check_requirements()
+    kwargs = dict(spec.args)
+    if spec.weights:
+        kwargs["pretrained"] = str(resolve_weights(component, spec.weights))
+    elif component.pretrained and not spec.random_weights:
+        tags = ", ".join(component.pretrained)
+        raise ConfigError(f"VQ {component.name!r} has released weights ({tags}): pass --vq-weights TAG|FILE "
+                          "(t2i and c2i VQs give different tokens), or --random-weights to tokenize with random ones")
+    else:
+        log.warning("VQ %s has random weights (seed %d): the tokens carry no meaning", component.name, spec.seed)
+    return component.create(**kwargs)
