@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,27 @@ LATEST = "latest"
 STATE_NAME = "train_state.json"
 OPTIM_NAME = "optimizer.safetensors"
 MODEL_PREFIX = "model."  # StudentForward holds the TokLIP model as `.model`
+MAX_POINTER_BYTES = 256  # `latest` holds one folder name
+MAX_STATE_BYTES = 512 * 2**20  # train_state.json: the config and every rank's RNG state, far below this
+_STEP_NAME = re.compile(rf"{STEP_PREFIX}(\d{{1,16}})")
 
 
 def step_dir_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:08d}"
+
+
+def step_of(name: str) -> int | None:
+    """The step a ``step_XXXXXXXX`` folder name stands for; None for any other name (``step_8.bak``, ``latest``)."""
+    m = _STEP_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def _step_folders(root: Path) -> list[Path]:
+    """``step_*`` folders, oldest first by step number (not by name: step 100000000 sorts after 99999999)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if step_of(p.name) is not None and p.is_dir()]
+    return sorted(found, key=lambda p: (step_of(p.name), p.name))
 
 
 def checkpoint_root(out_dir: str | Path) -> Path:
@@ -42,10 +61,7 @@ def checkpoint_root(out_dir: str | Path) -> Path:
 
 def complete_checkpoints(root: Path) -> list[Path]:
     """Finished checkpoint folders, oldest first (a folder is finished once its train_state.json exists)."""
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / STATE_NAME).is_file()]
-    return sorted(found, key=lambda p: p.name)
+    return [p for p in _step_folders(root) if (p / STATE_NAME).is_file()]
 
 
 def find_checkpoint(out_dir: str | Path, resume: str) -> Path | None:
@@ -66,18 +82,46 @@ def find_checkpoint(out_dir: str | Path, resume: str) -> Path | None:
         raise CheckpointError(f"--resume {resume!r} is not a checkpoint folder (it needs {STATE_NAME}); use 'latest'")
     root = checkpoint_root(out_dir)
     pointer = root / LATEST
-    name = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else ""
-    if name.startswith(STEP_PREFIX) and "/" not in name and "\\" not in name:
+    name, problem = _read_pointer(pointer)
+    if name is not None:
         cand = root / name
         if cand.is_dir():
             _require_complete(cand, f"{pointer} names {cand.name}, but")
             return cand
-    found = root.iterdir() if root.is_dir() else ()
-    folders = sorted(p for p in found if p.is_dir() and p.name.startswith(STEP_PREFIX))
+        problem = f"names {name}, which is not a folder there"
+    folders = _step_folders(root)
+    if problem is not None:
+        instead = f"resuming from the newest checkpoint folder, {folders[-1].name}" if folders else "it is ignored"
+        warnings.warn(f"{pointer} {problem}: {instead}", stacklevel=2)
     if folders:
         _require_complete(folders[-1], f"the newest checkpoint folder {folders[-1]} is damaged:")
         return folders[-1]
     return None
+
+
+def _read_pointer(pointer: Path) -> tuple[str | None, str | None]:
+    """-> (the folder name ``latest`` holds, or None; what is wrong with it, or None when it is fine or absent).
+
+    ``latest`` is rewritten atomically, so one that is not a short UTF-8 ``step_*`` name was damaged afterwards:
+    the caller falls back to the newest folder (the one ``latest`` names whenever the write completed)."""
+    if not pointer.exists() and not pointer.is_symlink():
+        return None, None
+    if not pointer.is_file():
+        return None, "is not a file"
+    try:
+        with open(pointer, "rb") as f:
+            raw = f.read(MAX_POINTER_BYTES + 1)
+    except OSError as e:
+        return None, f"is unreadable ({e.strerror or e})"
+    if len(raw) > MAX_POINTER_BYTES:
+        return None, f"is longer than {MAX_POINTER_BYTES} bytes, so it is not a folder name"
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None, "is not UTF-8 text (a damaged file)"
+    if step_of(name) is None:
+        return None, f"does not name a {STEP_PREFIX}* folder (it holds {name[:60]!r})"
+    return name, None
 
 
 def _require_complete(path: Path, what: str) -> None:
@@ -176,7 +220,7 @@ def write_checkpoint(
     """Write ``root/step_XXXXXXXX`` atomically (temp folder + rename), point ``latest`` at it, prune old ones."""
     from safetensors.torch import save_file
 
-    from toklip.io import atomic_write_text
+    from toklip.core.io import atomic_write_text
     from toklip.pretrained import save_pretrained
 
     root.mkdir(parents=True, exist_ok=True)
@@ -240,28 +284,67 @@ def clean_stale(root: Path) -> list[Path]:
 
 
 def read_checkpoint_dir(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
-    """-> (model state, optimizer state dict, train state)."""
+    """-> (model state, optimizer state dict, train state). A damaged folder is a CheckpointError that names the
+    file and the field, and the newest earlier checkpoint that could be resumed instead; nothing falls back silently
+    (resuming from an older step without being asked would hide the damage)."""
     from toklip.pretrained import WEIGHTS_NAME
 
     try:
-        state = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path / STATE_NAME} is unreadable: {e}") from e
-    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"{path / STATE_NAME} is not a training state: it lacks {', '.join(missing)}")
-    if not isinstance(state["step"], int) or state["step"] < 0:
-        raise CheckpointError(f"{path / STATE_NAME}: 'step' must be an integer >= 0, got {state['step']!r}")
-    model_state = _read_safetensors(path / WEIGHTS_NAME, "model weights")
-    optim_tensors = _read_safetensors(path / OPTIM_NAME, "optimizer state")
-    try:
-        optim = unflatten_optimizer(optim_tensors, state["optimizer"])
-    except (KeyError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{path / STATE_NAME}: the optimizer section is malformed ({e!r})") from e
+        state = read_train_state(path)
+        model_state = _read_safetensors(path / WEIGHTS_NAME, "model weights")
+        optim_tensors = _read_safetensors(path / OPTIM_NAME, "optimizer state")
+        try:
+            optim = unflatten_optimizer(optim_tensors, state["optimizer"])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{path / STATE_NAME}: the optimizer section is malformed ({e!r})") from e
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}{_earlier_hint(path)}") from e
     return model_state, optim, state
 
 
-STATE_KEYS = ("step", "optimizer", "data")
+def read_train_state(path: Path) -> dict[str, Any]:
+    """A checkpoint folder's train_state.json, checked against its schema (toklip.train.state_schema)."""
+    from toklip.train.state_schema import SchemaError, missing_fields, validate_train_state
+
+    file = path / STATE_NAME
+    try:
+        size = file.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"{file} is unreadable: {e}") from e
+    if size > MAX_STATE_BYTES:
+        raise CheckpointError(f"{file} is {size} bytes, more than a training state can hold ({MAX_STATE_BYTES}): "
+                              "it is not one")
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON and int-size errors
+        raise CheckpointError(f"{file} is unreadable: {str(e)[:300] or type(e).__name__}") from e
+    missing = missing_fields(state)
+    if missing:
+        raise CheckpointError(f"{file} is not a training state: it lacks {', '.join(missing)}")
+    try:
+        validate_train_state(state)
+    except SchemaError as e:
+        raise CheckpointError(f"{file} is damaged or was edited: {e}") from None
+    named = step_of(path.name)
+    if named is not None and named != state["step"]:
+        raise CheckpointError(f"{file} is damaged or was edited: field 'step' is {state['step']}, but the folder "
+                              f"{path.name} was written at step {named}")
+    return state
+
+
+def _earlier_hint(path: Path) -> str:
+    """A sentence naming the newest earlier checkpoint whose train_state.json is valid ('' when there is none)."""
+    here = step_of(path.name)
+    if here is None:
+        return ""
+    for older in reversed([p for p in complete_checkpoints(path.parent) if step_of(p.name) < here]):
+        try:
+            read_train_state(older)
+        except CheckpointError:
+            continue
+        return (f". The earlier checkpoint {older} has a valid {STATE_NAME}: to continue from it, pass --resume "
+                f"{older} (or move {path.name} out of {path.parent})")
+    return ""
 
 
 def _read_safetensors(path: Path, what: str) -> dict[str, Tensor]:

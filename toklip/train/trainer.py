@@ -44,6 +44,7 @@ from toklip.train.distributed import (
     wrap_model,
 )
 from toklip.train.losses import TokLIPLoss, clamp_logit_scale
+from toklip.train.metrics_log import trim_for_resume
 from toklip.train.optim import Schedule, build_optimizer
 from toklip.train.step import StudentForward, Teacher, build_teacher
 
@@ -240,7 +241,12 @@ class Trainer:
             if self.info.is_main:
                 self.echo(f"no checkpoint in {ckpt.checkpoint_root(self.out_dir)} yet: starting from step 0")
             return 0, DataPosition(), None
-        model_state, osd, state = ckpt.read_checkpoint_dir(path)
+        model_state, osd, state = ckpt.read_checkpoint_dir(path)  # train_state.json checked against its schema
+        if state["step"] > self.total_steps:
+            raise ConfigError(
+                f"the checkpoint {path} is at step {state['step']}, past the {self.total_steps} steps this run "
+                "trains for: raise train.steps (or train.epochs) to continue it, or resume an earlier checkpoint"
+            )
         saved_total = int(state.get("total_steps", self.total_steps))
         if saved_total != self.total_steps and self.info.is_main:
             warnings.warn(
@@ -279,19 +285,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ metrics
     def _metrics_file(self, start_step: int) -> Any:
-        """metrics.jsonl: one line per step; lines past the resumed step (from a killed run) are dropped."""
+        """metrics.jsonl, open for appending, one line per step. The lines of steps up to ``start_step`` stay; the
+        later ones (a killed run's, which this run logs again) and unreadable ones are set aside beside it, never
+        deleted, and a warning says where (toklip.train.metrics_log)."""
         path = self.out_dir / METRICS_NAME
-        kept: list[str] = []
-        if path.is_file() and start_step > 0:
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if int(json.loads(line)["step"]) <= start_step:
-                        kept.append(line)
-                except (ValueError, KeyError, TypeError):
-                    break  # a torn last line from a killed process
-        from toklip.io import atomic_write_text
-
-        atomic_write_text(path, "".join(k + "\n" for k in kept))
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path} is not a file: training logs one line per step there; move it away")
+        if path.is_file():
+            note = trim_for_resume(path, start_step).message(path, start_step)
+            if note:
+                warnings.warn(note, stacklevel=2)
         return open(path, "a", encoding="utf-8")
 
     # ------------------------------------------------------------------ the loop
