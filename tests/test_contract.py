@@ -1,32 +1,41 @@
-"""Every registered tiny component, builtin or plugin, passes its kind's conformance check (timm's
-test_models habit): adding a component to a registry automatically adds it here."""
+"""Every registered component passes the contract (timm's test_models habit), through the same kit plugins use:
+``test_conforms`` runs each kind's conformance check on every ``*-test`` name, ``test_builds_on_meta`` builds
+every vq/encoder/projector/fusion name, full size included, on the meta device. Adding a component to a registry
+adds it here."""
 
 from __future__ import annotations
 
 import pytest
 
 import toklip
-from toklip.testing import conformance
 from toklip.core.host import PluginHost
-
-CHECKS = {
-    "vq": conformance.check_vq_tokenizer,
-    "encoder": conformance.check_encoder,
-    "projector": conformance.check_projector,
-    "attn_backend": conformance.check_attn_backend,
-    "fusion": conformance.check_fusion,
-}
+from toklip.core.kinds import KINDS_TABLE
+from toklip.testing import conformance, contract
+from toklip.testing.contract import test_builds_on_meta, test_conforms  # noqa: F401 - the kit's contract tests
 
 
-def _test_names():
+def test_every_kind_of_the_table_has_a_meta_build_or_a_reason():
+    assert contract.uncovered_kinds() == [], "add the new kind to toklip.testing.contract.BUILD_ON_META"
+    assert {"vq", "encoder", "projector", "fusion"} <= set(contract.BUILD_ON_META)
+
+
+def test_meta_builds_cover_every_full_size_name(request):
+    """The parametrisation is not empty or partial: every builtin name of those kinds is in it."""
     host = PluginHost(autoload=False)
-    return [(kind, name) for kind in CHECKS
-            for name in host.registry(kind).names("*-test", include_aliases=True)]
+    expected = {(k, n) for k in contract.BUILD_ON_META for n in host.registry(k).names()}
+    params = contract.components(request.path.parent, test_variants=False)
+    assert {p.values[0] for p in params} == expected
+    assert ("encoder", "siglip2-so400m-16-512") in expected and ("vq", "llamagen-vq8") in expected
 
 
-@pytest.mark.parametrize("kind,name", _test_names())
-def test_component_conforms(kind, name):
-    CHECKS[kind](name)
+def test_a_component_that_does_not_build_on_meta_fails_the_contract():
+    class Broken:
+        def __init__(self, code_dim, vocab_size, width):
+            raise RuntimeError("cannot build")
+
+    toklip.register("projector", "breaks-on-meta", Broken)
+    with pytest.raises(RuntimeError, match="cannot build"):
+        test_builds_on_meta(("projector", "breaks-on-meta"))
 
 
 # Components with no tiny CPU variant, and why (open_clip keeps the same kind of list).
@@ -49,7 +58,7 @@ def test_gpu_attention_adapters(name):
 
 def test_every_component_has_a_test_variant():
     host = PluginHost(autoload=False)
-    for kind in ("vq", "encoder", "projector", "attention", "attn_backend", "fusion"):
+    for kind in (k.name for k in KINDS_TABLE if k.name != "preset"):
         reg = host.registry(kind)
         names = set(reg.all_names())
         for spec in reg:

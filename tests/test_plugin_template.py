@@ -1,5 +1,6 @@
-"""The plugin template (plugins/_template, cookiecutter) renders into a plugin that installs and passes its own
-tests, so the path a third-party author follows stays green (simonw/llm-plugin's habit)."""
+"""The plugin template (plugins/_template, cookiecutter) renders, for every component kind it offers, into a plugin
+that installs and passes its own tests, so the path a third-party author follows stays green (simonw/llm-plugin's
+habit)."""
 
 from __future__ import annotations
 
@@ -40,13 +41,24 @@ def _render(tmp_path: Path, **context: str) -> Path:
     )
 
 
-def test_template_renders_installs_and_passes_its_tests(tmp_path):
+KINDS = [
+    pytest.param("vq"),
+    pytest.param("encoder", marks=pytest.mark.slow),
+    pytest.param("fusion", marks=pytest.mark.slow),
+    pytest.param("preset", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_template_renders_installs_and_passes_its_tests(tmp_path, kind):
     _require_offline_build_backend()
-    rendered = _render(tmp_path, plugin_name="acme-vq", description="Acme test tokenizer")
-    assert rendered.name == "toklip-plugin-acme-vq"
-    assert (rendered / "src" / "toklip_plugin_acme_vq" / "plugin.py").is_file()
+    rendered = _render(tmp_path, plugin_name=f"acme-{kind}", component_kind=kind, description="Acme component")
+    package = rendered / "src" / f"toklip_plugin_acme_{kind}"
+    assert rendered.name == f"toklip-plugin-acme-{kind}" and (package / "plugin.py").is_file()
+    assert (package / "model.py").is_file() == (kind != "preset")
+    assert bool(list(package.glob("*.json"))) == (kind == "preset")
     site = tmp_path / "site"
-    install = subprocess.run(
+    install = subprocess.run(  # a real (non-editable) install: a preset file missing from package-data fails
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
          "--disable-pip-version-check", "--no-index", "--target", str(site), str(rendered)],
         capture_output=True, text=True, timeout=300,
@@ -67,9 +79,21 @@ def test_template_renders_installs_and_passes_its_tests(tmp_path):
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-3000:]
 
 
-def test_template_refuses_unusable_names(tmp_path):
+@pytest.mark.parametrize("kind,bad", [
+    ("vq", "Bad Name!"),
+    ("vq", "llamagen"),
+    ("encoder", "dfn"),  # an alias of a builtin encoder: the reserved names come from toklip's registry
+    ("fusion", "weighted-sum"),
+    ("fusion", "sum"),  # 'sum' itself and its -test variant are both builtin
+    ("preset", "toklip-s"),
+])
+def test_template_refuses_unusable_names(tmp_path, kind, bad):
     from cookiecutter.exceptions import FailedHookException
 
-    for bad in ("Bad Name!", "llamagen"):
-        with pytest.raises(FailedHookException):
-            _render(tmp_path, plugin_name=bad)
+    with pytest.raises(FailedHookException):
+        _render(tmp_path, plugin_name=bad, component_kind=kind)
+
+
+def test_template_accepts_a_name_reserved_only_in_another_kind(tmp_path):
+    rendered = _render(tmp_path, plugin_name="concat", component_kind="vq")  # 'concat' is a fusion, not a VQ
+    assert (rendered / "src" / "toklip_plugin_concat" / "plugin.py").is_file()

@@ -4,7 +4,9 @@ plugins, duplicates, strict mode, environment switches, and a third-party VQ tok
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+import warnings
 
 import pytest
 import torch
@@ -12,10 +14,13 @@ import torch
 import toklip
 from toklip.core.errors import (
     AmbiguousComponentError,
+    InvalidComponentSpecError,
+    MissingDependencyError,
     PluginLoadError,
     UnknownComponentError,
 )
 from toklip.core.host import PluginHost, use_host
+from toklip.core.plugin_warnings import PluginWarning
 from toklip.testing import fake_distribution
 
 THIRD_PARTY_VQ = '''
@@ -114,17 +119,72 @@ def test_strict_mode_raises(site, monkeypatch):
     _install(site, "toklip-plugin-broken", "tp_broken2", "raise RuntimeError('boom')\n", entry_name="broken2")
     monkeypatch.setenv("TOKLIP_STRICT_PLUGINS", "1")
     host = _host()
-    with pytest.raises(PluginLoadError, match="boom"):
+    with pytest.raises(PluginLoadError, match="boom") as e:
         host.load_plugins()
+    text = str(e.value)
+    assert "TOKLIP_STRICT_PLUGINS is set" in text and "unset it" in text
+    assert "set TOKLIP_STRICT_PLUGINS=1" not in text  # never suggest setting what is already set
 
 
-def test_misspelled_hook_is_caught(site):
+def test_plugin_warnings_show_once_per_process(site):
+    _install(site, "toklip-plugin-broken", "tp_once", "import does_not_exist_anywhere\n", entry_name="once")
+    src = ("import toklip\n@toklip.hookimpl\ndef register_vq_tokenizers(register):\n"
+           "    register('llamagen', 'x.y:z')\n")
+    _install(site, "toklip-plugin-squat2", "tp_squat2", src, entry_name="squat2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # a second host in the same process (what a CLI command may do) warns no more
+            host = _host(strict=False)
+            for _ in range(3):
+                host.records()
+                host._registries = None  # every rebuild re-runs the hooks: still one warning
+    texts = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
+    assert sum("'once'" in t for t in texts) == 1 and sum("'squat2'" in t for t in texts) == 1, texts
+
+
+def test_cli_prints_plugin_warnings_once_without_source_lines(site):
+    import os
+    import subprocess
+
+    _install(site, "toklip-plugin-broken", "tp_cli", "import does_not_exist_anywhere\n", entry_name="clibroken")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path]), "TOKLIP_LOAD_PLUGINS": "clibroken"}
+    env.pop("TOKLIP_STRICT_PLUGINS", None)
+    env.pop("PYTHONWARNINGS", None)
+    out = subprocess.run([sys.executable, "-m", "toklip", "plugins"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("toklip: warning: plugin 'clibroken'"), out.stderr
+    assert "host.py" not in out.stderr and "self." not in out.stderr
+    assert "clibroken" in out.stdout and "broken" in out.stdout
+
+
+def test_misspelled_hook_is_caught_with_did_you_mean(site):
     source = "import toklip\n@toklip.hookimpl\ndef register_vq_tokenisers(register):\n    pass\n"
     _install(site, "toklip-plugin-typo", "tp_typo", source, entry_name="typo")
     host = _host(strict=False)
     with pytest.warns(RuntimeWarning, match="register_vq_tokenisers"):
         host.load_plugins()
-    assert next(r for r in host.records() if r.name == "typo").status == "broken"
+    record = next(r for r in host.records() if r.name == "typo")
+    assert record.status == "broken"
+    assert "did you mean 'register_vq_tokenizers'?" in record.error and "<module" not in record.error
+
+
+def test_hook_argument_with_a_default_is_explained_not_called_with_none():
+    class DefaultArg:
+        @toklip.hookimpl
+        def register_encoders(self, register=None):
+            register("never", "x.y:z")
+
+    host = PluginHost(autoload=False, strict=False)
+    with pytest.warns(RuntimeWarning, match="default value"):
+        record = host.register_plugin(DefaultArg(), name="defaults")
+    assert record.status == "broken"
+    assert "def register_encoders(register):" in record.error and "NoneType" not in record.error
+    assert "siglip2-test" in host.registry("encoder")  # everything else keeps working
+    strict = PluginHost(autoload=False, strict=True)
+    with pytest.raises(PluginLoadError, match="pluggy never passes arguments that have defaults"):
+        strict.register_plugin(DefaultArg(), name="defaults")
 
 
 def test_same_entry_point_from_two_distributions_names_both(site):
@@ -140,14 +200,108 @@ def test_same_entry_point_from_two_distributions_names_both(site):
     assert rec.status == "duplicate" and "evil-fork" in rec.error and "toklip-plugin-a" in rec.error
 
 
-def test_same_component_from_two_plugins_is_ambiguous(site):
-    for dist, mod in [("toklip-plugin-a", "tp_c"), ("toklip-plugin-b", "tp_d")]:
-        _install(site, dist, mod, THIRD_PARTY_VQ.format(module=mod), entry_name=mod,
+TWO_OF_THEM = '''
+import toklip
+
+@toklip.hookimpl
+def register_vq_tokenizers(register):
+    register("pixelvq", "{module}_model:build", aliases=("pvq",))
+    register("{own}", "{module}_model:build", defaults={{"grid_ds": 4}})
+'''
+
+
+def _two_plugins_claiming_pixelvq(site):
+    for dist, mod, own in [("toklip-plugin-a", "tp_c", "only-a-test"), ("toklip-plugin-b", "tp_d", "only-b-test")]:
+        _install(site, dist, mod, TWO_OF_THEM.format(module=mod, own=own), entry_name=mod,
                  extra_modules={f"{mod}_model": THIRD_PARTY_MODEL})
-    with use_host(_host(strict=True)):
-        with pytest.raises(AmbiguousComponentError) as e:
+
+
+def test_same_component_from_two_plugins_is_ambiguous(site):
+    _two_plugins_claiming_pixelvq(site)
+    with use_host(_host(strict=True)), pytest.warns(PluginWarning, match="conflict"):  # strict: a warning, then
+        with pytest.raises(AmbiguousComponentError) as e:  # the contested name raises wherever it is used
             toklip.get_spec("vq", "pixelvq")
-    assert "toklip-plugin-a" in str(e.value) and "toklip-plugin-b" in str(e.value)
+    text = str(e.value)
+    assert "toklip-plugin-a" in text and "toklip-plugin-b" in text
+    assert "entry point 'tp_c'" in text and "TOKLIP_DISABLE_PLUGINS=tp_c" in text
+    assert "entry point 'tp_d'" in text and "TOKLIP_DISABLE_PLUGINS=tp_d" in text
+
+
+def test_conflict_shows_on_both_plugins_and_everything_else_works(site):
+    from click.testing import CliRunner
+
+    from toklip.cli import cli
+
+    _two_plugins_claiming_pixelvq(site)
+    host = _host(strict=False)
+    with use_host(host), pytest.warns(RuntimeWarning, match="conflict"):
+        records = {r.name: r for r in host.records()}
+    for me, other in (("tp_c", "tp_d"), ("tp_d", "tp_c")):
+        assert records[me].status == "conflict", records[me]
+        assert f"entry point {other!r}" in records[me].error and "'pixelvq', 'pvq'" in records[me].error
+        assert f"TOKLIP_DISABLE_PLUGINS={me}" in records[me].error
+        assert f"TOKLIP_DISABLE_PLUGINS={other}" in records[me].error
+    with use_host(host):
+        for name in ("pixelvq", "pvq"):
+            with pytest.raises(AmbiguousComponentError):
+                toklip.get_spec("vq", name)
+        # each plugin's other names, and toklip's builtins, still list and build
+        assert toklip.get_spec("vq", "only-a-test").provider.dist == "toklip-plugin-a"
+        toklip.build(vq="only-b-test", encoder="siglip2-test", projector="mlp-test", device="meta")
+        result = CliRunner().invoke(cli, ["list", "vq"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        rows = {line.split()[1]: line for line in result.output.splitlines()[1:]}
+        assert rows["pixelvq"].split()[-1] == "conflict" and "toklip-plugin-a 0.1.0 + toklip-plugin-b" in rows["pixelvq"]
+        assert rows["only-a-test"].split()[-1] == "ok" and "llamagen" in rows
+        plugins = CliRunner().invoke(cli, ["plugins", "--json"], catch_exceptions=False)
+        statuses = {r["name"]: r["status"] for r in json.loads(plugins.output) if r["name"].startswith("tp_")}
+        assert statuses == {"tp_c": "conflict", "tp_d": "conflict"}
+
+
+def test_disabling_one_party_resolves_the_conflict(site, monkeypatch):
+    _two_plugins_claiming_pixelvq(site)
+    monkeypatch.setenv("TOKLIP_DISABLE_PLUGINS", "tp_d")
+    host = _host(strict=True)
+    assert host.get("vq", "pixelvq").provider.dist == "toklip-plugin-a"
+    assert {r.name: r.status for r in host.records() if r.name.startswith("tp_")} == {"tp_c": "ok", "tp_d": "blocked"}
+
+
+def test_conflict_status_is_recomputed_when_the_other_party_goes():
+    class First:
+        @toklip.hookimpl
+        def register_fusions(self, register):
+            register("shared-sum", "toklip.builtin.fusions:SumFusion")
+
+    class Second(First):
+        pass
+
+    host = PluginHost(autoload=False, strict=False)
+    host.register_plugin(First(), name="first")
+    with pytest.warns(RuntimeWarning, match="shared-sum"), toklip.temp_plugin(Second(), name="second", host=host):
+        assert {r.name: r.status for r in host.records()} == {"first": "conflict", "second": "conflict"}
+    assert {r.name: r.status for r in host.records()} == {"first": "ok"}
+    assert host.get("fusion", "shared-sum").provider.plugin == "first"
+
+
+def test_a_typo_in_a_factory_module_is_a_plugin_bug_not_a_missing_package(site):
+    src = ("import toklip\n@toklip.hookimpl\ndef register_fusions(register):\n"
+           "    register('typo-fusion', 'tp_pkg.modle:build')\n"
+           "    register('fine-fusion', 'tp_pkg.heavy:build')\n"
+           "    register('absent-fusion', 'tp_not_installed_anywhere.model:build')\n")
+    _install(site, "toklip-plugin-pkg", "tp_pkg.__init__", src, entry_name="pkg",
+             extra_modules={"tp_pkg.heavy": "raise AssertionError('toklip list must not import factories')\n"})
+    host = _host(strict=True)
+    reg = host.registry("fusion")
+    assert reg.find("typo-fusion").status() == "broken: no module 'tp_pkg.modle' in the installed package 'tp_pkg'"
+    assert reg.find("fine-fusion").status() == "ok" and "tp_pkg.heavy" not in sys.modules
+    assert reg.find("absent-fusion").status() == "missing: module 'tp_not_installed_anywhere' (not installed)"
+    with pytest.raises(InvalidComponentSpecError) as e:
+        reg.find("typo-fusion").load()
+    text = str(e.value)
+    assert "module 'tp_pkg.modle' does not exist inside the installed package 'tp_pkg'" in text
+    assert "bug in the plugin" in text and "toklip-plugin-pkg 0.1.0" in text and "pip install" not in text
+    with pytest.raises(MissingDependencyError, match="pip install tp_not_installed_anywhere"):
+        reg.find("absent-fusion").load()
 
 
 def test_builtin_names_are_reserved(site):

@@ -23,6 +23,7 @@ from toklip.core.errors import (
 )
 from toklip.core.hookspecs import hookimpl
 from toklip.core.host import get_host, get_spec, list_components, temp_plugin, use_host
+from toklip.core.runtime import register, unregister
 
 _LAZY = {
     "build": "toklip.model.factory:build",
@@ -53,7 +54,9 @@ __all__ = [
     "get_spec",
     "hookimpl",
     "list_components",
+    "register",
     "temp_plugin",
+    "unregister",
     "use_host",
     *_LAZY,
 ]

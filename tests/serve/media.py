@@ -133,3 +133,42 @@ def bmp() -> bytes:
 SVG = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
        b'<rect width="64" height="64" fill="red"/></svg>')
 HTML = b"<!DOCTYPE html><html><body>not an image</body></html>"
+
+
+# ---------------------------------------------------------------- attacks (issue 11)
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n"
+       b"/Helvetica findfont 12 scalefont setfont 10 10 moveto (gs ran) show showpage\n%%EOF\n")
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+
+
+def psd() -> bytes:
+    return b"8BPS\x00\x01" + bytes(6) + struct.pack(">HIIHH", 3, 64, 64, 8, 3) + bytes(64)
+
+
+def strip_png(w: int, h: int) -> bytes:
+    """A valid grey w x h PNG, a few hundred bytes even for 1 x 100000."""
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    data = zlib.compress((b"\x00" + b"\x80" * w) * h, 9)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
+
+
+def npy_declaring(shape: tuple[int, ...], dtype: str = "<i8", payload: bytes = b"") -> bytes:
+    """An .npy file whose header claims ``shape`` but carries only ``payload``."""
+    header = repr({"descr": dtype, "fortran_order": False, "shape": shape}).encode("latin1")
+    header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + payload
+
+
+def safetensors_raw(tensors: dict[str, tuple[str, list[int], bytes]]) -> bytes:
+    """A safetensors file written by hand, so any dtype string (BF16, F8_E4M3, ...) can be used."""
+    import json
+
+    header: dict[str, object] = {}
+    blobs, offset = [], 0
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)

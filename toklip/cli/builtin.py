@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import sys
 from typing import Any
 
 import click
 
-from toklip.core.registry import KINDS
+from toklip.core.kinds import KINDS
 
 # Heavy commands live in their own modules and are imported only when run.
 LAZY_COMMANDS = {
@@ -18,6 +19,7 @@ LAZY_COMMANDS = {
     "eval": ("toklip.eval.cli:eval_command", "Zero-shot classification and retrieval evaluation."),
     "ablate": ("toklip.train.ablate:ablate_command", "Run the paper's ablations on the quickstart data."),
     "serve": ("toklip.serve.cli:serve_command", "Serve tokenize/embed/decode over HTTP."),
+    "tokenize": ("toklip.tokenize.cli:tokenize_command", "Pre-tokenize an image dataset into token shards."),
 }
 
 
@@ -34,13 +36,17 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _matches(name: str, pattern: str, exclude: tuple[str, ...]) -> bool:
+    return fnmatch.fnmatchcase(name, pattern) and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+
+
 @click.command("list")
 @click.argument("kind", required=False)
 @click.argument("pattern", required=False, default="*")
 @click.option("--exclude", multiple=True, help="fnmatch pattern(s) to leave out")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def list_command(kind: str | None, pattern: str, exclude: tuple[str, ...], as_json: bool) -> None:
-    """List registered components: KIND is one of vq, encoder, projector, attention, attn_backend, fusion, preset."""
+    """List registered components (KIND: one of the component kinds, PATTERN: an fnmatch pattern)."""
     from toklip.core.host import get_host
 
     host = get_host()
@@ -50,20 +56,24 @@ def list_command(kind: str | None, pattern: str, exclude: tuple[str, ...], as_js
     items = []
     for k in kinds:
         reg = host.registry(k)
-        for name in reg.names(pattern, exclude=exclude):
-            spec = reg.find(name)
-            assert spec is not None
+        for spec in reg:
+            if not _matches(spec.name, pattern, exclude):
+                continue
             items.append({
-                "kind": k, "name": spec.name, "aliases": list(spec.aliases),
-                "provider": spec.provider.describe() if spec.provider else "?",
+                "kind": k, "name": spec.name, "aliases": reg.usable_aliases(spec),
+                "provider": spec.describe_provider(),
                 "status": spec.status(), "summary": spec.summary,
                 "pretrained": list(spec.pretrained),
             })
         for name, specs in reg.conflicts().items():
+            if not _matches(name, pattern, exclude):
+                continue
             items.append({
                 "kind": k, "name": name, "aliases": [], "status": "conflict",
-                "provider": " + ".join(s.provider.describe() if s.provider else "?" for s in specs),
-                "summary": "registered by more than one plugin", "pretrained": [],
+                "provider": " + ".join(s.describe_provider() for s in specs),
+                "summary": f"registered by {len(specs)} providers: unusable until all but one are disabled "
+                           "(toklip plugins)",
+                "pretrained": [],
             })
     if as_json:
         click.echo(json.dumps(items, indent=2))
@@ -72,14 +82,28 @@ def list_command(kind: str | None, pattern: str, exclude: tuple[str, ...], as_js
     click.echo(_table(rows, ["KIND", "NAME", "ALIASES", "PROVIDER", "STATUS"]))
 
 
+list_command.help = (
+    "List registered components. KIND is one of " + ", ".join(KINDS) + "; PATTERN is an fnmatch pattern "
+    "(e.g. 'siglip2-*'). STATUS is ok, missing: <what to install>, broken: <module missing inside its package> "
+    "or conflict (two providers claim the name)."
+)
+
+
 @click.command("plugins")
 @click.option("--all", "show_all", is_flag=True, help="include toklip's builtins")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--strict", is_flag=True, help="exit 1 if any plugin is not ok")
-def plugins_command(show_all: bool, as_json: bool, strict: bool) -> None:
-    """List installed plugin distributions and their status (ok, broken, blocked, incompatible, duplicate)."""
+@click.option("--check", "run_check", is_flag=True,
+              help="import every plugin factory and run the conformance checks on the plugins' *-test components; "
+                   "exit 1 if anything fails")
+def plugins_command(show_all: bool, as_json: bool, strict: bool, run_check: bool) -> None:
+    """List installed plugin distributions and their status (ok, broken, blocked, incompatible, duplicate,
+    conflict)."""
     from toklip.core.host import get_host
 
+    if run_check:
+        _check_plugins(as_json)
+        return
     records = get_host().records(include_builtins=show_all)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in records], indent=2))
@@ -89,6 +113,24 @@ def plugins_command(show_all: bool, as_json: bool, strict: bool) -> None:
         rows = [[r.name, r.dist or "", r.version or "", r.status, r.error or ", ".join(r.hooks)] for r in records]
         click.echo(_table(rows, ["NAME", "DIST", "VERSION", "STATUS", "DETAILS"]))
     if strict and any(r.status not in {"ok", "builtin"} for r in records):
+        sys.exit(1)
+
+
+def _check_plugins(as_json: bool) -> None:
+    from toklip.testing.plugin_check import check_plugins
+
+    results = check_plugins(echo=None if as_json else lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+    elif not results:
+        click.echo("no plugins installed: nothing to check")
+    else:
+        rows = [[r.plugin, r.kind, r.name, r.check, r.result, r.detail] for r in results]
+        click.echo(_table(rows, ["PLUGIN", "KIND", "NAME", "CHECK", "RESULT", "DETAILS"]))
+        failed = sum(r.result == "FAIL" for r in results)
+        click.echo(f"\n{len(results)} checks: {failed} failed, "
+                   f"{sum(r.result == 'skipped' for r in results)} skipped")
+    if any(r.result == "FAIL" for r in results):
         sys.exit(1)
 
 
@@ -142,7 +184,7 @@ def doctor_command() -> None:
 @click.option("--config", default=None, help="preset name or config.json (default: inferred from the checkpoint)")
 def convert_command(checkpoint: str, out_dir: str, config: str | None) -> None:
     """Convert an official TokLIP checkpoint to OUT_DIR/model.safetensors + config.json (optimizer dropped)."""
-    from toklip.checkpoints import convert_official
+    from toklip.model.loading import convert_official
 
     out = convert_official(checkpoint, out_dir, config=config)
     click.echo(f"wrote {out}/model.safetensors and {out}/config.json")

@@ -67,7 +67,9 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from toklip.core.errors import TokLIPError
+    from toklip.core.plugin_warnings import show_plugin_warnings_plainly
 
+    show_plugin_warnings_plainly()  # "toklip: warning: ..." lines, without Python's file and source line
     try:
         cli.main(args=argv, prog_name="toklip", standalone_mode=False)
     except click.exceptions.Abort:

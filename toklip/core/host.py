@@ -5,25 +5,26 @@ Policy (see docs/plugins.md):
 - plugins are discovered with ``importlib.metadata`` in a deterministic order, lazily, once per host;
 - a broken plugin warns once, is recorded as ``broken`` and everything else keeps working
   (``TOKLIP_STRICT_PLUGINS=1`` or ``strict=True`` raises instead);
-- the same entry-point or component name from two distributions is an error naming both;
-- ``check_pending()`` runs after each plugin, so a misspelled hook fails loudly.
+- the same entry-point name from two distributions is an error naming both; the same component name from
+  two plugins marks both ``conflict`` and makes that one name unusable, while every other name still works;
+- hook names and signatures are checked when a plugin registers (misspelled hooks, pluggy's default-argument
+  gotcha), with the fix in the message;
+- components registered in-process (``toklip.register``) join the registries with the provider ``runtime``.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import os
 import threading
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pluggy
 
-from toklip import hookspecs, known_plugins
+from toklip.core import hookspecs, known_plugins
 from toklip._version import __version__
 from toklip.core.errors import (
     InvalidComponentSpecError,
@@ -31,10 +32,14 @@ from toklip.core.errors import (
     UnknownComponentError,
     close_matches,
 )
+from toklip.core.conflicts import conflict_messages
+from toklip.core.discovery import GROUP  # noqa: F401 - toklip.core.host.GROUP stays importable
+from toklip.core.discovery import STRICT_ENV, entry_points, env_list, incompatibility, strict_from_env
+from toklip.core.hook_checks import describe_validation_error, hook_problems
 from toklip.core.kinds import KINDS, KINDS_TABLE, kind_label
+from toklip.core.plugin_warnings import warn_plugin
 from toklip.core.registry import ComponentSpec, Provider, Registry, make_spec
 
-GROUP = "toklip"
 BUILTIN_MODULES = ("toklip.builtin.plugin",)
 KIND_HOOKS = {k.name: k.hook for k in KINDS_TABLE}
 
@@ -57,41 +62,13 @@ class PluginRecord:
         return d
 
 
-def _env_list(var: str) -> list[str] | None:
-    raw = os.environ.get(var)
-    if raw is None:
-        return None
-    return [p.strip() for p in raw.split(",") if p.strip()]
-
-
-def _strict_from_env() -> bool:
-    return os.environ.get("TOKLIP_STRICT_PLUGINS", "").lower() in {"1", "true", "yes", "on"}
-
-
-def _incompatibility(dist: importlib.metadata.Distribution | None) -> str | None:
-    """Why this distribution's declared `toklip` requirement excludes the running toklip, if it does."""
-    if dist is None:
-        return None
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    for raw in dist.requires or ():
-        try:
-            req = Requirement(raw)
-        except InvalidRequirement:
-            continue
-        if req.name.lower() != "toklip" or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
-            continue
-        if req.specifier and not req.specifier.contains(__version__, prereleases=True):
-            return f"requires toklip{req.specifier}, but toklip {__version__} is installed"
-    return None
-
-
 class PluginHost:
     """Owns one pluggy manager, the plugin records and the per-kind registries built from the hooks."""
 
     def __init__(self, *, autoload: bool = True, strict: bool | None = None) -> None:
         self.autoload = autoload
-        self.strict = _strict_from_env() if strict is None else strict
+        self.strict_from_env = strict is None and strict_from_env()
+        self.strict = self.strict_from_env if strict is None else strict
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         if os.environ.get("TOKLIP_TRACE_PLUGINS"):
@@ -99,6 +76,9 @@ class PluginHost:
             self.pm.enable_tracing()
         self._records: dict[str, PluginRecord] = {}
         self._order: list[str] = []  # registration order of plugin names (builtins first)
+        self._loaded_state: dict[str, tuple[str, str | None]] = {}  # status/error before components registered
+        self._marked_by_registration: set[str] = set()
+        self.runtime_specs: dict[tuple[str, str], ComponentSpec] = {}  # toklip.register(...), in order
         self._registries: dict[str, Registry] | None = None
         self._builtin_registries: dict[str, Registry] | None = None
         self._plugins_loaded = False
@@ -110,6 +90,9 @@ class PluginHost:
         for module_name in BUILTIN_MODULES:
             module = importlib.import_module(module_name)  # a failure here is a toklip bug: let it raise
             self.pm.register(module, name=module_name)
+            problems = hook_problems(self.pm, module_name)
+            if problems:
+                raise PluginLoadError(f"toklip's builtin plugin {module_name}: " + "; ".join(problems))
             self.pm.check_pending()
             self._order.append(module_name)
             self._records[module_name] = PluginRecord(
@@ -121,10 +104,6 @@ class PluginHost:
         plugin = self.pm.get_plugin(plugin_name)
         return tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or ()))
 
-    def _entry_points(self) -> list[importlib.metadata.EntryPoint]:
-        eps = importlib.metadata.entry_points(group=GROUP)
-        return sorted(eps, key=lambda e: (e.name, e.dist.name if e.dist else "", e.value))
-
     def load_plugins(self) -> None:
         """Discover and register entry-point plugins once. Safe to call repeatedly."""
         with self._lock:
@@ -133,11 +112,10 @@ class PluginHost:
             self._plugins_loaded = True
             if not self.autoload:
                 return
-            allow = _env_list("TOKLIP_LOAD_PLUGINS")
-            deny = set(_env_list("TOKLIP_DISABLE_PLUGINS") or ())
-            eps = self._entry_points()
+            allow = env_list("TOKLIP_LOAD_PLUGINS")
+            deny = set(env_list("TOKLIP_DISABLE_PLUGINS") or ())
             by_name: dict[str, list[importlib.metadata.EntryPoint]] = {}
-            for ep in eps:
+            for ep in entry_points():
                 by_name.setdefault(ep.name, []).append(ep)
             for name, group in by_name.items():
                 dists = sorted({(e.dist.name if e.dist else "?") for e in group})
@@ -155,16 +133,14 @@ class PluginHost:
                 dist, version = (ep.dist.name, ep.dist.version) if ep.dist else (None, None)
                 record = PluginRecord(name, dist, version, ep.value, "ok")
                 if allow is not None and name not in allow and (dist or "") not in allow:
-                    record.status = "blocked"
-                    record.error = "not listed in TOKLIP_LOAD_PLUGINS"
+                    record.status, record.error = "blocked", "not listed in TOKLIP_LOAD_PLUGINS"
                     self._records[name] = record
                     continue
                 if "*" in deny or name in deny or (dist and dist in deny):
-                    record.status = "blocked"
-                    record.error = "disabled by TOKLIP_DISABLE_PLUGINS"
+                    record.status, record.error = "blocked", "disabled by TOKLIP_DISABLE_PLUGINS"
                     self._records[name] = record
                     continue
-                reason = _incompatibility(ep.dist)
+                reason = incompatibility(ep.dist)
                 if reason:
                     record.status = "incompatible"
                     self._fail(record, reason)
@@ -187,8 +163,13 @@ class PluginHost:
         version: str | None = None,
         _record: PluginRecord | None = None,
     ) -> PluginRecord:
-        """Register a module or object carrying hookimpls (what entry points do; tests use it directly)."""
+        """Register a module or object carrying hookimpls (what entry points do; tests use it directly).
+
+        Registering the same object again returns its record: a test kit that already holds the plugin under
+        test and a test that registers it itself agree."""
         with self._lock:
+            if self.pm.is_registered(plugin):
+                return self._records[self.pm.get_name(plugin)]
             record = _record or PluginRecord(name, dist, version, getattr(plugin, "__name__", None), "ok")
             if self.pm.has_plugin(name) or name in self._records and self._records[name].status in {"ok", "builtin"}:
                 record.status = "duplicate"
@@ -196,15 +177,20 @@ class PluginHost:
                 return record
             try:
                 self.pm.register(plugin, name=name)
+                problems = hook_problems(self.pm, name)
+                if problems:
+                    raise PluginLoadError("; ".join(problems))
                 self.pm.check_pending()
             except Exception as e:  # noqa: BLE001 - misspelled hooks, bad signatures
                 if self.pm.has_plugin(name):
                     self.pm.unregister(name=name)
                 record.status = "broken"
-                self._fail(record, f"{type(e).__name__}: {e}", e)
+                own = isinstance(e, PluginLoadError)
+                self._fail(record, str(e) if own else f"{type(e).__name__}: {describe_validation_error(e)}", e)
                 return record
             record.hooks = self._hooks_of(name)
             self._records[name] = record
+            self._loaded_state[name] = (record.status, record.error)
             self._order.append(name)
             self._registries = None
             return record
@@ -214,58 +200,84 @@ class PluginHost:
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)
             self._records.pop(name, None)
+            self._loaded_state.pop(name, None)
+            self._marked_by_registration.discard(name)
             if name in self._order:
                 self._order.remove(name)
             self._registries = None
 
-    def _fail(self, record: PluginRecord, message: str, exc: BaseException | None = None) -> None:
+    def _fail(self, record: PluginRecord, message: str, exc: BaseException | None = None, *,
+              may_raise: bool = True) -> None:
+        """Record a plugin's problem and warn once (strict hosts raise, except for name conflicts: those make
+        only the contested name unusable, and lookups of it raise AmbiguousComponentError)."""
         record.error = message
         self._records[record.name] = record
         where = f"{record.dist}=={record.version}" if record.dist and record.version else (record.dist or record.name)
-        text = (
-            f"toklip: plugin {record.name!r} ({where}) {record.status}: {message} "
-            "- run `toklip plugins` for details, or set TOKLIP_STRICT_PLUGINS=1 to raise"
-        )
-        if self.strict:
-            raise PluginLoadError(text) from exc
-        warnings.warn(text, RuntimeWarning, stacklevel=3)
+        text = f"toklip: plugin {record.name!r} ({where}) {record.status}: {message}"
+        if self.strict and may_raise:
+            why = (f"{STRICT_ENV} is set, so this is an error; unset it to skip this plugin and load the others"
+                   if self.strict_from_env else "this plugin host is strict")
+            raise PluginLoadError(f"{text}\n  ({why}; `toklip plugins` shows every plugin's status)") from exc
+        tail = f", or set {STRICT_ENV}=1 to raise" if may_raise and not self.strict else ""
+        warn_plugin(record.name, f"{text} - run `toklip plugins` for details{tail}")
 
     # ---------------------------------------------------------------- registries
-    def _build_registries(self, plugin_names: list[str]) -> dict[str, Registry]:
+    def _restore_loaded_state(self, plugin_names: list[str]) -> None:
+        """Statuses set while registering components (conflict, broken hook) are recomputed on every rebuild:
+        unregistering the other party of a conflict clears it."""
+        for name in plugin_names:
+            if name in self._marked_by_registration and name in self._loaded_state:
+                self._records[name].status, self._records[name].error = self._loaded_state[name]
+                self._marked_by_registration.discard(name)
+
+    def _mark(self, record: PluginRecord, status: str, message: str, exc: BaseException | None = None) -> None:
+        """A registration-time problem of one plugin (its other components keep working)."""
+        if record.status == status and record.error and message not in record.error:
+            message = f"{record.error}; {message}"
+        record.status = status
+        self._marked_by_registration.add(record.name)
+        self._fail(record, message, exc, may_raise=status != "conflict")
+
+    def _build_registries(self, plugin_names: list[str], *, runtime: bool) -> dict[str, Registry]:
+        self._restore_loaded_state(plugin_names)
         registries = {kind: Registry(kind) for kind in KINDS}
         builtin_names: dict[str, set[str]] = {kind: set() for kind in KINDS}
         for plugin_name in plugin_names:
             record = self._records[plugin_name]
-            provider = Provider(
-                plugin="builtin" if record.status == "builtin" else plugin_name,
-                dist=record.dist,
-                version=record.version,
-            )
+            builtin = record.status == "builtin"
+            provider = Provider(plugin="builtin" if builtin else plugin_name, dist=record.dist,
+                                version=record.version)
             try:
                 specs = self._collect(plugin_name, provider)
             except Exception as e:  # noqa: BLE001 - a hook that raises marks only its plugin broken
-                if record.status == "builtin":
+                if builtin:
                     raise
-                record.status = "broken"
-                self._fail(record, f"{type(e).__name__} while registering components: {e}", e)
+                self._mark(record, "broken", f"{type(e).__name__} while registering components: {e}", e)
                 continue
+            reserved: list[str] = []
             for spec in specs:
-                reg = registries[spec.kind]
-                if record.status == "builtin":
+                if builtin:
                     builtin_names[spec.kind].update((spec.name, *spec.aliases))
-                    reg.add(spec)
+                    registries[spec.kind].add(spec)
                     continue
                 clash = sorted(builtin_names[spec.kind].intersection((spec.name, *spec.aliases)))
                 if clash:
-                    record.status = "conflict"
-                    record.error = (
-                        f"{kind_label(spec.kind)} name {clash[0]!r} is reserved by toklip's builtins; "
-                        f"{plugin_name!r} ({record.dist}) must use another name"
-                    )
-                    warnings.warn(f"toklip: plugin {plugin_name!r}: {record.error}", RuntimeWarning, stacklevel=3)
+                    reserved.append(f"{kind_label(spec.kind)} name {clash[0]!r} is reserved by toklip's builtins")
                     continue
-                reg.add(spec)
+                registries[spec.kind].add(spec)
+            if reserved:
+                self._mark(record, "conflict", "; ".join(reserved) + f"; {plugin_name!r} must use another name")
+        if runtime:
+            for spec in self.runtime_specs.values():
+                registries[spec.kind].add(spec)
+        self._mark_conflicts(registries)
         return registries
+
+    def _mark_conflicts(self, registries: dict[str, Registry]) -> None:
+        """Every plugin claiming a contested name shows ``conflict``, naming the other party."""
+        plugins = {n: Provider(n, r.dist, r.version) for n, r in self._records.items() if r.status != "builtin"}
+        for plugin_name, message in conflict_messages(registries, plugins).items():
+            self._mark(self._records[plugin_name], "conflict", message)
 
     def _collect(self, plugin_name: str, provider: Provider) -> list[ComponentSpec]:
         specs: list[ComponentSpec] = []
@@ -288,22 +300,20 @@ class PluginHost:
             if with_plugins:
                 self.load_plugins()
                 if self._registries is None:
-                    self._registries = self._build_registries(list(self._order))
+                    self._registries = self._build_registries(list(self._order), runtime=True)
                 return self._registries
             if self._builtin_registries is None:
                 builtins = [n for n in self._order if self._records[n].status == "builtin"]
-                self._builtin_registries = self._build_registries(builtins)
+                self._builtin_registries = self._build_registries(builtins, runtime=False)
             return self._builtin_registries
 
     def registry(self, kind: str) -> Registry:
-        if kind not in KINDS:
-            raise InvalidComponentSpecError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
+        check_kind(kind)
         return self.registries()[kind]
 
     def get(self, kind: str, name: str) -> ComponentSpec:
         """Resolve a name: builtins first (no plugin scan), then plugins, then a helpful error."""
-        if kind not in KINDS:
-            raise InvalidComponentSpecError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
+        check_kind(kind)
         spec = self.registries(with_plugins=False)[kind].find(name)
         if spec is not None:
             return spec
@@ -325,7 +335,7 @@ class PluginHost:
                 r = installed[0]
                 hint = (
                     f"{dist} {r.version or ''} is installed but {r.status}: {r.error}\n"
-                    "  (details: toklip plugins --all; set TOKLIP_STRICT_PLUGINS=1 to raise at load time)"
+                    f"  (details: toklip plugins --all; set {STRICT_ENV}=1 to raise at load time)"
                 )
             else:
                 hint = (
@@ -350,6 +360,20 @@ class PluginHost:
         recs = sorted(self._records.values(), key=lambda r: (r.status != "builtin", r.name))
         return [r for r in recs if include_builtins or r.status != "builtin"]
 
+    # ---------------------------------------------------------------- in-process registration
+    def add_runtime(self, spec: ComponentSpec) -> None:
+        """Add (or replace, same kind and name) a component registered in this process: see toklip.core.runtime,
+        which validates it first."""
+        with self._lock:
+            self.runtime_specs.pop((spec.kind, spec.name), None)
+            self.runtime_specs[(spec.kind, spec.name)] = spec
+            self._registries = None
+
+    def remove_runtime(self, spec: ComponentSpec) -> None:
+        with self._lock:
+            self.runtime_specs.pop((spec.kind, spec.name), None)
+            self._registries = None
+
     def call_register_commands(self, cli: Any) -> None:
         self.load_plugins()
         for impl in self.pm.hook.register_commands.get_hookimpls():
@@ -361,6 +385,13 @@ class PluginHost:
                     raise
                 record.status = "broken"
                 self._fail(record, f"{type(e).__name__} in register_commands: {e}", e)
+
+
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        suggestion = close_matches(kind, KINDS, n=1)
+        hint = f" (did you mean {suggestion[0]!r}?)" if suggestion else ""
+        raise InvalidComponentSpecError(f"unknown component kind {kind!r}{hint}; kinds are {', '.join(KINDS)}")
 
 
 _host: PluginHost | None = None
@@ -393,6 +424,9 @@ def use_host(host: PluginHost) -> Iterator[PluginHost]:
 def temp_plugin(plugin: Any, name: str = "temp-plugin", host: PluginHost | None = None) -> Iterator[PluginRecord]:
     """Register hookimpls for the duration of a block (the llm/datasette test pattern, made official)."""
     h = host or get_host()
+    if h.pm.is_registered(plugin):  # already there (e.g. the test kit's host holds it): leave it there
+        yield h.register_plugin(plugin, name=name)
+        return
     record = h.register_plugin(plugin, name=name)
     try:
         yield record
@@ -412,11 +446,3 @@ def list_components(
     if kind is None:
         return {k: host.registry(k).names(pattern, exclude=exclude) for k in KINDS}
     return host.registry(kind).names(pattern, exclude=exclude)
-
-
-def create(kind: str, name: str, **kwargs: Any) -> Any:
-    return get_spec(kind, name).create(**kwargs)
-
-
-def resolve_factory(kind: str, name: str) -> Callable[..., Any]:
-    return get_spec(kind, name).load()

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import importlib.machinery
 import importlib.metadata
+import importlib.util
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from toklip.core.errors import (
@@ -35,6 +38,9 @@ PIP_NAMES = {
 EXTRAS = {"flash-attn": "flash", "xformers": "xformers", "triton": "triton"}
 
 
+RUNTIME = "runtime"  # the provider of components registered in-process with toklip.register
+
+
 @dataclass(frozen=True)
 class Provider:
     """Who registered a spec: the entry-point name and its distribution."""
@@ -46,6 +52,8 @@ class Provider:
     def describe(self) -> str:
         if self.plugin == "builtin":
             return f"toklip {self.version} (builtin)"
+        if self.plugin == RUNTIME:
+            return RUNTIME
         if self.dist:
             return f"{self.dist} {self.version}"
         return self.plugin
@@ -61,6 +69,57 @@ class Weights:
     sha256: str | None = None
     license: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+def module_problem(module: str) -> tuple[str, str] | None:
+    """Why ``import module`` would fail for lack of the module itself, found without importing anything.
+
+    -> None (found, or cannot tell cheaply), ``("missing", text)`` when its top-level package is not
+    installed, or ``("broken", text)`` when the package is installed but the module inside it does not exist
+    (a typo in a factory string). Only ``find_spec`` of the top-level package and file-system look-ups of the
+    sub-packages: no plugin or model code runs, so ``toklip list`` stays fast.
+    """
+    if module in sys.modules:
+        return None
+    parts = module.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return "missing", f"module {parts[0]!r} (not installed)"
+    locations = spec.submodule_search_locations
+    name = parts[0]
+    for part in parts[1:]:
+        parent, name = name, f"{name}.{part}"
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            locations = getattr(getattr(loaded, "__spec__", None), "submodule_search_locations", None)
+            continue
+        if locations is None:
+            return "broken", f"{parent!r} is a module, not a package, so there is no {name!r}"
+        try:
+            sub = importlib.machinery.PathFinder.find_spec(name, list(locations))
+        except (ImportError, ValueError):
+            return None
+        if sub is None:
+            return "broken", f"no module {name!r} in the installed package {parts[0]!r}"
+        locations = sub.submodule_search_locations
+    return None
+
+
+def _distribution_of(import_name: str) -> str | None:
+    """'dist version' of the installed distribution holding a top-level import package, if metadata says."""
+    try:
+        dists = importlib.metadata.packages_distributions().get(import_name) or []
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return None
+    if not dists:
+        return None
+    try:
+        return f"{dists[0]} {importlib.metadata.version(dists[0])}"
+    except importlib.metadata.PackageNotFoundError:
+        return dists[0]
 
 
 def _requirement_problem(req: str) -> str | None:
@@ -119,8 +178,16 @@ class ComponentSpec:
         return [p for r in self.requires if (p := _requirement_problem(r))]
 
     def status(self) -> str:
+        """``ok``, ``missing: <requirements or module>`` or ``broken: <module missing inside its package>``,
+        found from package metadata and ``find_spec`` alone (nothing is imported)."""
         missing = self.missing_requirements()
-        return "missing: " + ", ".join(missing) if missing else "ok"
+        if missing:
+            return "missing: " + ", ".join(missing)
+        if isinstance(self.factory, str) and self.kind != "preset":
+            problem = module_problem(self.factory.partition(":")[0])
+            if problem is not None:
+                return f"{problem[0]}: {problem[1]}"
+        return "ok"
 
     def check_requirements(self) -> None:
         missing = self.missing_requirements()
@@ -137,7 +204,8 @@ class ComponentSpec:
             )
 
     def load(self) -> Callable[..., Any]:
-        """Resolve the factory. Import failures become MissingDependencyError naming the pip package."""
+        """Resolve the factory. A package that is not installed becomes MissingDependencyError naming the pip
+        package; a module missing inside an installed package is reported as the plugin bug it is."""
         if not isinstance(self.factory, str):
             return self.factory
         self.check_requirements()
@@ -145,12 +213,7 @@ class ComponentSpec:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            missing = (e.name or "").split(".")[0]
-            pip = PIP_NAMES.get(missing, missing)
-            raise MissingDependencyError(
-                f"{kind_label(self.kind)} {self.name!r} could not be imported: no module named {missing!r}.\n"
-                f"  pip install {pip}"
-            ) from e
+            raise self._import_error(module_name, e) from e
         obj: Any = module
         for part in attr.split("."):
             try:
@@ -158,12 +221,52 @@ class ComponentSpec:
             except AttributeError as e:
                 raise InvalidComponentSpecError(
                     f"{kind_label(self.kind)} {self.name!r}: {module_name!r} has no attribute {attr!r} "
-                    f"(registered by {self.provider.describe() if self.provider else 'unknown'})"
+                    f"(registered by {self.describe_provider()}): this is a bug in the plugin; report it to its authors"
                 ) from e
         return obj
 
+    def describe_provider(self) -> str:
+        return self.provider.describe() if self.provider else "an unknown provider"
+
+    def _import_error(self, module_name: str, e: ModuleNotFoundError) -> Exception:
+        """Tell "the package is not installed" (pip install it) from "the package is installed but a module
+        inside it is missing" (a wrong factory string or a version mismatch: pip install cannot fix it)."""
+        label = f"{kind_label(self.kind)} {self.name!r}"
+        missing = e.name or module_name
+        top = missing.split(".")[0]
+        try:
+            top_found = importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            top_found = False
+        if not top_found or missing == top:
+            pip = PIP_NAMES.get(top, top)
+            return MissingDependencyError(
+                f"{label} could not be imported: no module named {top!r} (not installed).\n  pip install {pip}"
+            )
+        where = _distribution_of(top)
+        inside = f"the installed package {top!r}" + (f" (distribution {where})" if where else "")
+        if module_name == missing or module_name.startswith(missing + "."):
+            return InvalidComponentSpecError(
+                f"{label}: module {missing!r} does not exist inside {inside}. The factory string "
+                f"{self.factory!r} registered by {self.describe_provider()} names it: this is a bug in the plugin "
+                "(reinstalling does not help); report it to its authors"
+            )
+        return MissingDependencyError(
+            f"{label}: importing {module_name!r} needs the module {missing!r}, which does not exist inside "
+            f"{inside}. {self.describe_provider()} expects another version of that package, or has a bug; "
+            "check its requirements"
+        )
+
     def create(self, **kwargs: Any) -> Any:
-        return self.load()(**{**self.defaults, **kwargs})
+        """Call the factory. ``pretrained=True`` or a weights tag is resolved to a local file here, once, from
+        this spec's own weights table: components only ever receive paths."""
+        kwargs = {**self.defaults, **kwargs}
+        value = kwargs.get("pretrained")
+        if value and (value is True or (isinstance(value, str) and value in self.pretrained)):
+            from toklip.weights.hub import resolve_weights  # lazy: listing components needs no weights code
+
+            kwargs["pretrained"] = str(resolve_weights(self, value))
+        return self.load()(**kwargs)
 
 
 def natural_key(name: str) -> list[Any]:
@@ -171,97 +274,134 @@ def natural_key(name: str) -> list[Any]:
 
 
 class Registry:
-    """Names of one kind. Duplicates are kept as conflicts and raise on lookup, never last-wins."""
+    """Names of one kind. A name claimed by two specs is a conflict: unusable (lookup raises, naming both
+    providers) until one is disabled, never "last one wins"; every other name keeps working."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._specs: dict[str, ComponentSpec] = {}
-        self._aliases: dict[str, str] = {}
-        self._conflicts: dict[str, list[ComponentSpec]] = {}
+        self._claims: dict[str, list[ComponentSpec]] = {}  # name or alias -> every spec claiming it
 
     def add(self, spec: ComponentSpec) -> None:
-        for n in (spec.name, *spec.aliases):
-            owner = self._owner(n)
-            if owner is not None and owner is not spec:
-                self._conflicts.setdefault(n, [owner]).append(spec)
-                return
-        self._specs[spec.name] = spec
-        for a in spec.aliases:
-            self._aliases[a] = spec.name
+        for n in dict.fromkeys((spec.name, *spec.aliases)):
+            claims = self._claims.setdefault(n, [])
+            if not any(c is spec for c in claims):
+                claims.append(spec)
 
     def _owner(self, name: str) -> ComponentSpec | None:
-        if name in self._specs:
-            return self._specs[name]
-        if name in self._aliases:
-            return self._specs[self._aliases[name]]
-        return None
+        claims = self._claims.get(name)
+        return claims[0] if claims and len(claims) == 1 else None
 
     def conflicts(self) -> dict[str, list[ComponentSpec]]:
-        return dict(self._conflicts)
+        """Every name claimed by more than one spec, with the specs claiming it."""
+        return {n: list(c) for n, c in self._claims.items() if len(c) > 1}
+
+    def claimants(self, name: str) -> list[ComponentSpec]:
+        """Every spec claiming a name or alias (two or more: a conflict)."""
+        return list(self._claims.get(name, ()))
+
+    def usable_aliases(self, spec: ComponentSpec) -> list[str]:
+        return [a for a in spec.aliases if self._owner(a) is spec]
 
     def find(self, name: str) -> ComponentSpec | None:
         """The spec for a name or alias, None if unknown; raises if two providers claim it."""
-        if name in self._conflicts:
-            specs = self._conflicts[name]
-            who = " and ".join(
-                f"{s.provider.describe() if s.provider else '?'} ({s.factory if isinstance(s.factory, str) else s.name})"
-                for s in specs
-            )
-            raise AmbiguousComponentError(
-                f"{kind_label(self.kind)} {name!r} is registered by {len(specs)} plugins: {who}.\n"
-                "  Uninstall one of them, or disable one with TOKLIP_DISABLE_PLUGINS=<plugin>."
-            )
-        return self._owner(name)
+        claims = self._claims.get(name)
+        if claims and len(claims) > 1:
+            raise AmbiguousComponentError(ambiguity_message(self.kind, name, claims))
+        return claims[0] if claims else None
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (self._owner(name) is not None or name in self._conflicts)
+        return isinstance(name, str) and name in self._claims
+
+    def _specs(self) -> dict[str, ComponentSpec]:
+        """Specs whose own name is unambiguous, by name."""
+        return {s.name: s for n, c in self._claims.items() if len(c) == 1 and (s := c[0]).name == n}
 
     def __iter__(self) -> Iterator[ComponentSpec]:
-        return iter(sorted(self._specs.values(), key=lambda s: natural_key(s.name)))
+        return iter(sorted(self._specs().values(), key=lambda s: natural_key(s.name)))
 
     def names(
         self, pattern: str | Sequence[str] = "*", *, exclude: Sequence[str] = (), include_aliases: bool = False
     ) -> list[str]:
-        """Names matching fnmatch pattern(s), naturally sorted (timm `list_models`)."""
+        """Usable names matching fnmatch pattern(s), naturally sorted (timm `list_models`)."""
         patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-        pool = list(self._specs) + (list(self._aliases) if include_aliases else [])
+        usable = [n for n, c in self._claims.items() if len(c) == 1]
+        pool = usable if include_aliases else list(self._specs())
         hits = {n for n in pool if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
         hits -= {n for n in hits if any(fnmatch.fnmatchcase(n, p) for p in exclude)}
         return sorted(hits, key=natural_key)
 
     def all_names(self) -> list[str]:
-        return sorted(set(self._specs) | set(self._aliases) | set(self._conflicts), key=natural_key)
+        return sorted(self._claims, key=natural_key)
 
     @contextmanager
     def override(self, spec: ComponentSpec) -> Iterator[ComponentSpec]:
-        """Temporarily replace (or add) one name: the official test seam."""
-        saved_spec = self._specs.get(spec.name)
-        saved_aliases = dict(self._aliases)
-        self._specs[spec.name] = spec
-        for a in spec.aliases:
-            self._aliases[a] = spec.name
+        """Temporarily replace (or add) one name and its aliases: the official test seam."""
+        names = list(dict.fromkeys((spec.name, *spec.aliases)))
+        saved = {n: self._claims.get(n) for n in names}
+        for n in names:
+            self._claims[n] = [spec]
         try:
             yield spec
         finally:
-            self._aliases = saved_aliases
-            if saved_spec is None:
-                self._specs.pop(spec.name, None)
-            else:
-                self._specs[spec.name] = saved_spec
+            for n, claims in saved.items():
+                if claims is None:
+                    self._claims.pop(n, None)
+                else:
+                    self._claims[n] = claims
+
+
+def disable_hint(provider: Provider | None) -> str:
+    """How to stop one provider from claiming names: the real switch for its kind of provider."""
+    if provider is None:
+        return "remove one of the registrations"
+    if provider.plugin == RUNTIME:
+        return "toklip.unregister(kind, name) in this process"
+    if provider.plugin == "builtin":
+        return "builtin names cannot be disabled"
+    uninstall = f" (or pip uninstall {provider.dist})" if provider.dist else ""
+    return f"TOKLIP_DISABLE_PLUGINS={provider.plugin}{uninstall}"
+
+
+def ambiguity_message(kind: str, name: str, specs: Sequence[ComponentSpec]) -> str:
+    """The error for a name claimed by several providers: who claims it (entry point, distribution, factory)
+    and the exact switch that disables each of them."""
+    lines = [f"{kind_label(kind)} {name!r} is registered by {len(specs)} providers, so it cannot be used:"]
+    for s in specs:
+        factory = s.factory if isinstance(s.factory, str) else getattr(s.factory, "__qualname__", repr(s.factory))
+        entry = f"entry point {s.provider.plugin!r} of " if s.provider and s.provider.plugin not in {
+            "builtin", RUNTIME} else ""
+        lines.append(
+            f"  - {entry}{s.describe_provider()} (as {s.name!r}, factory {factory}); "
+            f"to disable it: {disable_hint(s.provider)}"
+        )
+    lines.append("  Disable or uninstall all but one of them, or ask the plugin authors to rename.")
+    return "\n".join(lines)
 
 
 def make_spec(kind: str, name: str, factory: Any, provider: Provider, **meta: Any) -> ComponentSpec:
     """Build a spec from a plugin's `register(...)` call, normalising the metadata types."""
     pretrained = meta.pop("pretrained", None) or {}
-    weights = {
-        tag: w if isinstance(w, Weights) else Weights(tag=tag, **w) for tag, w in dict(pretrained).items()
-    }
+    try:
+        weights = {
+            tag: w if isinstance(w, Weights) else Weights(tag=tag, **w) for tag, w in dict(pretrained).items()
+        }
+    except TypeError as e:
+        raise InvalidComponentSpecError(
+            f"register({name!r}, ...): pretrained must map tags to {{'hf_hub_id': ..., 'file': ..., 'sha256': ..., "
+            f"'license': ..., 'meta': ...}}: {e}"
+        ) from e
     unknown = set(meta) - {"aliases", "requires", "defaults", "summary"}
     if unknown:
         raise InvalidComponentSpecError(
             f"register({name!r}, ...) got unknown keyword(s) {sorted(unknown)}; "
             "allowed: aliases, requires, defaults, pretrained, summary"
         )
+    for key in ("aliases", "requires"):
+        if isinstance(meta.get(key), str):
+            raise InvalidComponentSpecError(
+                f"register({name!r}, ...): {key} must be a tuple of strings, got the string {meta[key]!r} "
+                f"(write {key}=({meta[key]!r},))"
+            )
     return ComponentSpec(
         kind=kind,
         name=name,
@@ -270,10 +410,6 @@ def make_spec(kind: str, name: str, factory: Any, provider: Provider, **meta: An
         requires=tuple(meta.get("requires") or ()),
         defaults=dict(meta.get("defaults") or {}),
         pretrained=weights,
-        summary=meta.get("summary", ""),
+        summary=meta.get("summary") or "",
         provider=provider,
     )
-
-
-def with_provider(spec: ComponentSpec, provider: Provider) -> ComponentSpec:
-    return replace(spec, provider=provider)

@@ -88,7 +88,8 @@ def retrieval_command(captions: str, images_root: str | None, split: str, model_
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", "precision", default="fp32", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]))
-@click.option("--inception-weights", default=None, help="torch-fidelity's pt_inception-2015-12-05-6726825d.pth (rFID)")
+@click.option("--inception-weights", default=None, help="FID InceptionV3 weights (rFID): torch-fidelity's "
+              "weights-inception-2015-12-05-6726825d.pth or pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
 @click.option("--lpips-weights", default=None, help="torchvision alexnet state dict file (LPIPS)")
 @click.option("--png", default=None, help="example reconstructions side by side (default: none)")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="write results JSON here")

@@ -58,10 +58,11 @@ def load(
     else:
         src = resolve_source(source, revision=revision)
         cfg = None
+    if src.kind == "folder" and (weights is not None or config is not None):
+        raise ConfigError(f"{source} is a saved model with its own config and weights; drop --weights / weights= "
+                          "and config=")
     weights_path = _local_file(weights, "weights") if weights is not None else None
     if src.kind == "folder":
-        if weights_path is not None or config is not None:
-            raise ConfigError(f"{source} is a saved model with its own config and weights; drop weights=/config=")
         return from_pretrained(source, revision=revision, device=device, dtype=dtype)
     elif src.kind == "checkpoint":
         if weights_path is not None:

@@ -15,16 +15,17 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
+from toklip.preprocess import ALLOWED_FORMATS, MAX_ASPECT_RATIO
 from toklip.serve import schemas
 from toklip.serve.batcher import Batcher, QueueFull, ShuttingDown
 from toklip.serve.engine import Engine
 from toklip.serve.errors import bad_request, invalid, unavailable
 from toklip.serve.images import images_to_batch
-from toklip.serve.inputs import Parsed, parse_request
+from toklip.serve.inputs import BodyLimits, Parsed, body_limits, parse_request
 from toklip.serve.metrics import Metrics
 from toklip.serve.outputs import MEDIA_TYPES, array_response, choose_format, encode_png, png_response
 from toklip.serve.settings import ServeSettings
-from toklip.vq_base import check_indices
+from toklip.layers.vq import check_indices
 
 IMAGES = frozenset({"images"})
 TEXTS = frozenset({"texts"})
@@ -58,12 +59,22 @@ class ServerState:
         except ShuttingDown as e:
             raise unavailable(str(e), "shutting_down", self.settings.retry_after_s) from e
 
+    async def offload(self, func: Any, *args: Any) -> Any:
+        """Run CPU work (parsing, decoding) in the bounded worker pool, never on the event loop."""
+        return await anyio.to_thread.run_sync(func, *args, limiter=self.decode_limiter)
+
+    async def parse(self, request: Request, body_model: type[BaseModel], options_model: type[BaseModel],
+                    wants: frozenset[str]) -> Parsed:
+        return await parse_request(request, self.settings, body_model=body_model, options_model=options_model,
+                                   wants=wants, limits=self.limits(wants), offload=self.offload)
+
+    def limits(self, wants: frozenset[str]) -> BodyLimits:
+        return body_limits(self.settings, wants, self.engine.info.grid)
+
     async def images(self, parsed: Parsed) -> torch.Tensor:
         """Decode and preprocess in a worker thread (bounded), never on the event loop."""
-        return await anyio.to_thread.run_sync(
-            images_to_batch, parsed.images, self.settings.max_image_pixels, self.engine.preprocess,
-            limiter=self.decode_limiter,
-        )
+        return await self.offload(images_to_batch, parsed.images, self.settings.max_image_pixels,
+                                  self.engine.preprocess)
 
     def meta(self) -> dict[str, Any]:
         return {"model": self.engine.info.name}
@@ -105,6 +116,11 @@ def build_router(state: ServerState) -> APIRouter:
                 "max_request_items": s.max_request_items, "max_body_bytes": s.max_body_bytes,
                 "max_image_pixels": s.max_image_pixels, "max_text_chars": s.max_text_chars,
                 "max_batch": s.max_batch, "request_timeout_s": s.request_timeout_s,
+                "max_json_body_bytes": {name: state.limits(w).json_bytes
+                                        for name, w in (("images", IMAGES), ("texts", TEXTS), ("indices", INDICES))},
+                "max_index_file_bytes": state.limits(INDICES).binary_bytes,
+                "allowed_image_formats": list(ALLOWED_FORMATS),
+                "max_aspect_ratio": MAX_ASPECT_RATIO,
             },
         }
 
@@ -116,8 +132,7 @@ def build_router(state: ServerState) -> APIRouter:
         responses={200: {"model": schemas.TokenizeResponse, "content": _binary("safetensors", "npy")}},
     )
     async def tokenize(request: Request) -> Response:
-        parsed = await parse_request(request, settings, body_model=schemas.TokenizeRequest,
-                                     options_model=schemas.TokenizeOptions, wants=IMAGES)
+        parsed = await state.parse(request, schemas.TokenizeRequest, schemas.TokenizeOptions, IMAGES)
         outputs = list(dict.fromkeys(getattr(parsed.options, "outputs", ["indices"])))
         fmt = choose_format(_format(parsed), request, ("json", "safetensors", "npy"), "json")
         if fmt == "npy" and len(outputs) != 1:
@@ -137,8 +152,7 @@ def build_router(state: ServerState) -> APIRouter:
         responses={200: {"model": schemas.EmbedResponse, "content": _binary("safetensors", "npy")}},
     )
     async def embed_image(request: Request) -> Response:
-        parsed = await parse_request(request, settings, body_model=schemas.EmbedImageRequest,
-                                     options_model=schemas.EmbedOptions, wants=IMAGES)
+        parsed = await state.parse(request, schemas.EmbedImageRequest, schemas.EmbedOptions, IMAGES)
         fmt = choose_format(_format(parsed), request, ("json", "safetensors", "npy"), "json")
         batch = await state.images(parsed)
         out = await state.submit("image", batch, batch.shape[0])
@@ -153,8 +167,7 @@ def build_router(state: ServerState) -> APIRouter:
     )
     async def embed_text(request: Request) -> Response:
         need_text()
-        parsed = await parse_request(request, settings, body_model=schemas.EmbedTextRequest,
-                                     options_model=schemas.EmbedOptions, wants=TEXTS)
+        parsed = await state.parse(request, schemas.EmbedTextRequest, schemas.EmbedOptions, TEXTS)
         fmt = choose_format(_format(parsed), request, ("json", "safetensors", "npy"), "json")
         emb = (await state.submit("text", parsed.texts, len(parsed.texts))).numpy()
         return array_response({"embeddings": emb}, fmt, {**state.meta(), "dim": int(emb.shape[-1])})
@@ -167,8 +180,7 @@ def build_router(state: ServerState) -> APIRouter:
     )
     async def similarity(request: Request) -> Response:
         need_text()
-        parsed = await parse_request(request, settings, body_model=schemas.SimilarityRequest,
-                                     options_model=schemas.NoOptions, wants=BOTH)
+        parsed = await state.parse(request, schemas.SimilarityRequest, schemas.NoOptions, BOTH)
         batch = await state.images(parsed)
         image_out, text_emb = await asyncio.gather(
             state.submit("image", batch, batch.shape[0]), state.submit("text", parsed.texts, len(parsed.texts))
@@ -189,16 +201,14 @@ def build_router(state: ServerState) -> APIRouter:
                          "description": "one PNG, or JSON with base64 PNGs (format=json)"}},
     )
     async def decode(request: Request) -> Response:
-        parsed = await parse_request(request, settings, body_model=schemas.DecodeRequest,
-                                     options_model=schemas.DecodeOptions, wants=INDICES)
+        parsed = await state.parse(request, schemas.DecodeRequest, schemas.DecodeOptions, INDICES)
         fmt = choose_format(_format(parsed), request, ("png", "json"), "png")
         indices = check_grids(parsed.indices, engine)
         if fmt == "png" and indices.shape[0] != 1:
             raise invalid(f"a PNG holds one image, but {indices.shape[0]} grids were sent; send format=json "
                           "for a batch", "invalid_field")
         pixels = await state.submit("decode", indices, indices.shape[0])
-        pngs = await anyio.to_thread.run_sync(lambda: [encode_png(p) for p in pixels.numpy()],
-                                              limiter=state.decode_limiter)
+        pngs = await state.offload(lambda: [encode_png(p) for p in pixels.numpy()])
         return png_response(pngs, fmt, state.meta())
 
     return router

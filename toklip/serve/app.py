@@ -73,7 +73,7 @@ def create_app(
             await state.batcher.run_exclusive(engine.warm_up)
         except Exception as e:  # noqa: BLE001 - reported by /readyz and every request
             log.exception("warm-up failed")
-            state.warmup_error = f"{type(e).__name__}: {e}"
+            state.warmup_error = type(e).__name__  # the details (paths, device messages) go to the log only
             return
         state.ready = True
         metrics.ready.set(1)
@@ -107,14 +107,15 @@ def create_app(
     router = build_router(state)
     app.include_router(router)
 
-    known = {getattr(r, "path", "") for r in [*app.routes, *router.routes]} - {""}
+    routes = {(r.path, getattr(r, "path_regex", None))
+              for r in [*app.routes, *router.routes] if getattr(r, "path", "")}
     app.add_middleware(LimitsMiddleware, settings=settings, metrics=metrics)
     if settings.api_key:
         app.add_middleware(AuthMiddleware, api_key=settings.api_key, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "x-api-key", "content-type"])
-    app.add_middleware(ObserveMiddleware, metrics=metrics, known_paths=known)
+    app.add_middleware(ObserveMiddleware, metrics=metrics, routes=routes)
     return app
 
 
@@ -130,12 +131,13 @@ def _add_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers or {})
+        method, path = request.method[:20], request.url.path[:200]  # echo the client's request, briefly
         if exc.status_code == 404:
-            message = f"no endpoint {request.method} {request.url.path}; the API is described at /docs"
+            message = f"no endpoint {method} {path}; the API is described at /docs"
             return _json_error(404, "not_found", message, headers)
         if exc.status_code == 405:
             allowed = headers.get("Allow", "")
-            message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+            message = f"{method} is not allowed on {path}; use {allowed}"
             return _json_error(405, "method_not_allowed", message, headers)
         code = "bad_request" if exc.status_code == 400 else f"http_{exc.status_code}"
         return _json_error(exc.status_code, code, str(exc.detail), headers)
@@ -146,12 +148,14 @@ def _add_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TokLIPError)
     async def toklip_error(request: Request, exc: TokLIPError) -> JSONResponse:
-        log.error("unexpected %s: %s", type(exc).__name__, exc)
-        return _json_error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        # A library error that is not the client's fault: its text (paths, settings) is for the log only.
+        log.error("unexpected %s on %s %s", type(exc).__name__, request.method[:20], request.url.path[:200],
+                  exc_info=exc)
+        return _json_error(500, "internal_error", f"internal server error ({type(exc).__name__}; see the server log)")
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.error("unhandled error on %s %s", request.method[:20], request.url.path[:200], exc_info=exc)
         return _json_error(500, "internal_error", "internal server error (see the server log)")
 
 
@@ -176,7 +180,7 @@ def _add_pages(app: FastAPI, state: ServerState) -> None:
     @app.get("/readyz", summary="Readiness: 200 once the model has warmed up", responses={503: {}})
     async def readyz() -> Response:
         if state.warmup_error is not None:
-            return _json_error(503, "not_ready", f"warm-up failed: {state.warmup_error}")
+            return _json_error(503, "not_ready", f"warm-up failed ({state.warmup_error}); see the server log")
         if not state.ready:
             return _json_error(503, "not_ready", "warming up", {"Retry-After": "1"})
         return JSONResponse({"status": "ready", "model": state.engine.info.name})

@@ -90,6 +90,12 @@ def _setup_logging(level: str) -> None:
               type=click.FloatRange(0.001), help="seconds for a whole request, upload included")
 @click.option("--decode-threads", default=2, show_default=True, type=click.IntRange(1),
               help="images decoded and preprocessed at once (raise on many-core GPU servers)")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(0.001),
+              help="seconds a client may take to send a request's line and headers (slowloris guard)")
+@click.option("--keep-alive-timeout", default=5.0, show_default=True, type=click.FloatRange(0.001),
+              help="seconds an idle kept-alive connection stays open")
+@click.option("--max-connections", default=512, show_default=True, type=click.IntRange(1),
+              help="open connections before new ones get 503 + Retry-After")
 @click.option("--api-key-env", default=None, metavar="VAR",
               help="require the API key held in environment variable VAR (never pass keys on the command line)")
 @click.option("--cors-origin", "cors_origins", multiple=True, help="allow this browser origin (CORS is off by default)")
@@ -101,8 +107,9 @@ def _setup_logging(level: str) -> None:
 def serve_command(
     model_source: str, weights: str | None, random_weights: bool, host: str, port: int, device: str, dtype: str,
     max_batch: int, max_wait_ms: float, max_queue: int, max_concurrency: int, max_request_items: int,
-    max_body_mb: float, max_image_pixels: int, request_timeout: float, decode_threads: int, api_key_env: str | None,
-    cors_origins: tuple[str, ...], log_level: str, access_log: bool, graceful_timeout: float,
+    max_body_mb: float, max_image_pixels: int, request_timeout: float, decode_threads: int, header_timeout: float,
+    keep_alive_timeout: float, max_connections: int, api_key_env: str | None, cors_origins: tuple[str, ...],
+    log_level: str, access_log: bool, graceful_timeout: float,
 ) -> None:
     """Serve tokenize / embed / similarity / decode over HTTP, with a page for people at /."""
     from toklip.errors import ConfigError
@@ -118,6 +125,7 @@ def serve_command(
             max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_concurrency=max_concurrency,
             max_request_items=max_request_items, max_body_bytes=int(max_body_mb * 1024 * 1024),
             max_image_pixels=max_image_pixels, request_timeout_s=request_timeout, decode_threads=decode_threads,
+            header_timeout_s=header_timeout, keep_alive_timeout_s=keep_alive_timeout, max_connections=max_connections,
             api_key=api_key,
             cors_origins=cors_origins,
         )
@@ -143,6 +151,7 @@ def _run(sock: socket.socket, settings: ServeSettings, model_source: str, weight
     import uvicorn
 
     from toklip.serve.app import create_app
+    from toklip.serve.protocol import uvicorn_config
     from toklip.loading import load_model
 
     t0 = time.perf_counter()
@@ -156,7 +165,7 @@ def _run(sock: socket.socket, settings: ServeSettings, model_source: str, weight
         sys.stdout.flush()
 
     app = create_app(model, settings, on_ready=on_ready)
-    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on", server_header=False,
+    config = uvicorn_config(app, settings, log_level=log_level, access_log=access_log, lifespan="on",
                             timeout_graceful_shutdown=graceful_timeout)
     server = uvicorn.Server(config)
     click.echo(f"toklip serve: listening on {url}")

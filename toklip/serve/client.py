@@ -238,7 +238,7 @@ class Client:
             response = self._request("POST", "/v1/decode", content=buf.getvalue(), params={"format": "json"},
                                      headers={"Content-Type": "application/x-npy"})
             for png in response.json()["images"]:
-                image = Image.open(io.BytesIO(base64.b64decode(png)))
+                image = Image.open(io.BytesIO(base64.b64decode(png)), formats=["PNG"])  # the server sends PNG only
                 image.load()
                 images.append(image)
         return images

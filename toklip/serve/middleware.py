@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from toklip.serve.errors import APIError, send_error
-from toklip.serve.metrics import Metrics
+from toklip.serve.metrics import EndpointLabels, Metrics, method_label, status_label
 from toklip.serve.settings import ServeSettings
 
 Scope = dict[str, Any]
@@ -34,17 +34,18 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class ObserveMiddleware:
-    """Counts every request by endpoint and status, times it, and adds security headers."""
+    """Counts every request by endpoint and status, times it, and adds security headers. Labels come from
+    fixed sets (see ``toklip.serve.metrics``), so made-up methods or paths cannot grow /metrics."""
 
-    def __init__(self, app: Any, metrics: Metrics, known_paths: Iterable[str]) -> None:
-        self.app, self.metrics, self.known = app, metrics, frozenset(known_paths)
+    def __init__(self, app: Any, metrics: Metrics, routes: Iterable[tuple[str, Any]]) -> None:
+        self.app, self.metrics, self.endpoint = app, metrics, EndpointLabels(routes)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        endpoint = path if path in self.known else "other"
+        endpoint = self.endpoint(path)
         status = 500
         t0 = time.perf_counter()
         api = path.startswith(API_PREFIX)
@@ -63,7 +64,7 @@ class ObserveMiddleware:
         finally:
             if api:
                 self.metrics.in_flight.dec()
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.requests.labels(endpoint, method_label(scope["method"]), status_label(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
 

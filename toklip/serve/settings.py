@@ -23,6 +23,10 @@ class ServeSettings:
     max_text_chars: int = 2_000  # per text; the tokenizer truncates to the context length anyway
     request_timeout_s: float = 60.0  # whole request, body upload included; -> 408 (slow upload) or 503
     decode_threads: int = 2  # images decoded at once (each can take max_image_pixels * 4 bytes)
+    header_timeout_s: float = 10.0  # from connecting (or the end of the last response) to a complete request head
+    keep_alive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 512  # open connections; more -> 503 + Retry-After (JSON), then closed
+    max_header_bytes: int = 16 * 1024  # request line + headers; more -> 400 (JSON)
     api_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
     retry_after_s: int = 1
@@ -33,14 +37,17 @@ class ServeSettings:
             "max_request_items": self.max_request_items, "max_body_bytes": self.max_body_bytes,
             "max_image_pixels": self.max_image_pixels, "max_text_chars": self.max_text_chars,
             "decode_threads": self.decode_threads, "retry_after_s": self.retry_after_s,
+            "max_connections": self.max_connections, "max_header_bytes": self.max_header_bytes,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"serve setting {name} must be a positive integer, got {value!r}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"serve setting max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
-        if self.request_timeout_s <= 0:
-            raise ConfigError(f"serve setting request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        for name in ("request_timeout_s", "header_timeout_s", "keep_alive_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86_400:
+                raise ConfigError(f"serve setting {name} must be > 0 seconds (and under a day), got {value!r}")
         if self.max_request_items > self.max_queue:
             raise ConfigError(
                 f"max_request_items ({self.max_request_items}) is above max_queue ({self.max_queue}): "

@@ -1,15 +1,14 @@
-"""Test helpers for toklip and for plugin authors. Opt in with ``pytest_plugins = ["toklip.testing"]``.
+"""The test kit of toklip, its kernels and every plugin.
 
-Fixtures:
-- ``toklip_host``: an isolated plugin host (builtins only, installed plugins never autoloaded) made current
-  for the test; register your plugin module into it with ``toklip_host.register_plugin(module, name=...)``.
-- ``no_tf32``: true fp32 matmuls and convolutions on CUDA for the duration of a test (parity checks).
+In a conftest, one line: ``pytest_plugins = ["toklip.testing.pytest_plugin"]`` (``"toklip.testing"`` works too):
+every test, module and session runs under an isolated plugin host (toklip's builtins + the plugins the project
+under test declares in its pyproject.toml), seeded, offline, with the ``gpu`` marker skipped without CUDA.
+Fixtures: ``toklip_host`` (the test's host), ``no_tf32``. See :mod:`toklip.testing.pytest_plugin`.
 
-Tests marked ``@pytest.mark.gpu`` are skipped when torch sees no CUDA device.
-
-Helpers: :func:`temp_plugin`, :func:`fake_distribution` and the conformance checks in
-:mod:`toklip.testing.conformance` (``check_vq_tokenizer``, ``check_encoder``, ``check_projector``,
-``check_attn_backend``, ``check_fusion``).
+Helpers: :func:`isolated_host`, :func:`plugin_host`, :func:`temp_plugin`, :func:`fake_distribution`,
+:func:`saved_tiny_model`, and the conformance checks in :mod:`toklip.testing.conformance` (``check_vq_tokenizer``,
+``check_encoder``, ``check_projector``, ``check_attn_backend``, ``check_fusion``; the kinds table names each
+kind's check).
 """
 
 from __future__ import annotations
@@ -19,33 +18,28 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from toklip.core.host import PluginHost, temp_plugin, use_host
+from toklip.testing.pytest_plugin import (  # noqa: F401 - `pytest_plugins = ["toklip.testing"]` gets the kit too
+    isolated_host,
+    no_tf32,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_generate_tests,
+    toklip_host,
+    toklip_module_host,
+    toklip_seed,
+    toklip_session_host,
+)
 
 __all__ = [
     "fake_distribution", "isolated_host", "no_tf32", "plugin_host", "saved_tiny_model", "temp_plugin", "toklip_host",
 ]
 
 
-@pytest.fixture
-def toklip_host() -> Iterator[PluginHost]:
-    """A fresh plugin host with only toklip's builtins, current for the duration of the test."""
-    host = PluginHost(autoload=False, strict=True)
-    with use_host(host):
-        yield host
-
-
-def isolated_host(*, strict: bool = True) -> PluginHost:
-    return PluginHost(autoload=False, strict=strict)
-
-
 @contextmanager
 def plugin_host(plugin: object, name: str) -> Iterator[PluginHost]:
-    """An isolated, strict host holding toklip's builtins and one plugin module, made current.
-
-    What a plugin's own conftest wants: ``with plugin_host(my_plugin, "mine") as host: yield host``."""
-    host = PluginHost(autoload=False, strict=True)
+    """An isolated, strict host holding toklip's builtins and one plugin module, made current."""
+    host = isolated_host()
     host.register_plugin(plugin, name=name)
     with use_host(host):
         yield host
@@ -64,36 +58,6 @@ def saved_tiny_model(folder: str | Path, *, seed: int = 1234):  # type: ignore[n
         model = toklip.build("toklip-test").eval()
         model.save_pretrained(folder)
     return model
-
-
-@pytest.fixture
-def no_tf32() -> Iterator[None]:
-    """fp32 parity on CUDA needs true fp32 convolutions and matmuls (TF32 is allowed by default for cuDNN)."""
-    import torch
-
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not any("gpu" in item.keywords for item in items):
-        return
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 def fake_distribution(

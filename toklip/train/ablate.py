@@ -1,8 +1,9 @@
 """``toklip ablate``: the paper's Table 5/6-style variants, trained and evaluated on the quickstart's data.
 
 Every variant changes one thing against the TokLIP default (teacher-initialised token encoder, MLP projector,
-contrastive + distillation, causal attention) and is trained with the same steps, seed and data, on the same
-frozen VQ tokenizer and teacher (the quickstart's, reused from ``--out`` or trained once).
+contrastive + distillation, causal attention) and is trained with the same fixed steps, seed and data, on the
+same frozen VQ tokenizer and teacher (the quickstart's, reused from ``--out`` when made with the same seed and
+steps, else trained once). No stage stops at a time: a busy machine gives the same table, later.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ def run_ablation(out: str | Path = "toklip-quickstart", *, scale: float = 1.0, s
         raise click.BadParameter(f"unknown variant(s) {sorted(unknown)}; choose from {[v.name for v in VARIANTS]}")
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    budget = Q.Budget.scaled(scale)
+    steps = Q.Steps.scaled(scale)
     train, test = D.load_digits(Q.IMAGE_SIZE, seed=seed)
     folder, captions = Q.write_eval_split(test, out / "data", seed)
-    Q.train_components(out, train, budget, seed=seed, progress=progress, echo=echo)
+    Q.train_components(out, train, steps, seed=seed, progress=progress, echo=echo)
     rows = []
     for v in VARIANTS:
         if only and v.name not in only:
@@ -60,12 +61,13 @@ def run_ablation(out: str | Path = "toklip-quickstart", *, scale: float = 1.0, s
         t0 = time.perf_counter()
         echo(f"--- {v.name}: {v.what}")
         model = Q.build_toklip(out, init=v.init, projector=v.projector, attention=v.attention, seed=seed)
-        Q.train_toklip(model, train, out / "ablation" / v.name, steps=budget.toklip_steps, seed=seed,
-                       distill=v.distill, progress=progress, echo=lambda s: None)
+        result = Q.train_toklip(model, train, out / "ablation" / v.name, steps=steps.toklip, seed=seed,
+                                distill=v.distill, progress=progress, echo=lambda s: None)
         model.eval()
         metrics = Q.evaluate(model, folder, captions)
-        rows.append({"variant": v.name, "what": v.what, **metrics, "seconds": round(time.perf_counter() - t0, 1)})
-    from toklip.io import atomic_write_text
+        rows.append({"variant": v.name, "what": v.what, **metrics, "steps": result.step,
+                     "seconds": round(time.perf_counter() - t0, 1)})
+    from toklip.core.io import atomic_write_text
 
     atomic_write_text(out / "ablation.json", json.dumps(rows, indent=2) + "\n")
     return rows
@@ -83,9 +85,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 @click.command("ablate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "out_dir", default="toklip-quickstart", show_default=True, type=click.Path(file_okay=False),
-              help="the quickstart's folder (its VQ and teacher are reused; trained here if missing)")
+              help="the quickstart's folder (its VQ and teacher are reused when made with the same seed and "
+                   "--scale; trained here otherwise)")
 @click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.01, 100),
-              help="multiply the training steps of every variant")
+              help="multiply every step count (VQ, teacher and each variant's; fixed, never cut short by time)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--only", multiple=True, help="run only these variants (repeatable): " + ", ".join(v.name for v in VARIANTS))
 @click.option("--quiet", is_flag=True, help="no progress bars")

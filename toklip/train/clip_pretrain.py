@@ -64,10 +64,11 @@ def train_clip(
     seed: int = 0,
     progress: bool = True,
     desc: str = "teacher CLIP",
-    time_budget: float | None = None,
 ) -> CLIPTrainResult:
     """Contrastive training on ``images`` [N, 3, S, S] with one caption per image (or a function of the index
-    giving a fresh caption each time); AdamW, warmup + cosine; logit scale clamped to ln(100)."""
+    giving a fresh caption each time); AdamW, warmup + cosine; logit scale clamped to ln(100).
+
+    Exactly ``steps`` seeded steps: a slow or busy machine takes longer and trains the same model."""
     from open_clip.loss import ClipLoss
     from tqdm.auto import tqdm
 
@@ -82,7 +83,6 @@ def train_clip(
     t0 = time.perf_counter()
     warm = max(1, steps // 10)
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
-    step = 0
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, base_lr=lr, warmup=warm, total=steps, min_lr=lr * 0.02)
@@ -101,9 +101,6 @@ def train_clip(
         history.append({"loss": float(loss.detach()), "logit_scale": float(model.logit_scale.detach().exp())})
         if step % 10 == 0:
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", refresh=False)
-        if time_budget is not None and time.perf_counter() - t0 > time_budget:
-            bar.write(f"{desc}: time budget of {time_budget:.0f} s reached after {step + 1} steps")
-            break
     bar.close()
     model.eval()
-    return CLIPTrainResult(steps=step + 1, seconds=time.perf_counter() - t0, history=history)
+    return CLIPTrainResult(steps=len(history), seconds=time.perf_counter() - t0, history=history)

@@ -15,7 +15,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +31,37 @@ VQ_KWARGS: dict[str, Any] = {  # 2x down: an 8x8 token grid at 16 px
     "codebook_size": 256, "codebook_embed_dim": 8,
 }
 ENCODER_KWARGS: dict[str, Any] = {"model": "siglip2-test", "image_size": IMAGE_SIZE, "patch_size": 4}  # 4x4 grid
+VQ_BATCH, TEACHER_BATCH, TOKLIP_BATCH = 64, 128, 64  # images per optimizer step of each stage
 VQ_FILE, TEACHER_FILE, COMPONENTS_STAMP = "vq.pt", "teacher_open_clip.safetensors", "components.json"
 
 
-@dataclass
-class Budget:
-    """Seconds per stage; each stage also stops at its step count, whichever comes first."""
+@dataclass(frozen=True)
+class Steps:
+    """Optimizer steps of each stage. Fixed and seeded, so every machine trains the same model: a slow or busy
+    one takes longer, never trains less (``toklip quickstart`` reports the time, it never trades steps for it)."""
 
-    vq_steps: int = 300
-    teacher_steps: int = 800
-    toklip_steps: int = 600
-    vq_seconds: float = 75.0
-    teacher_seconds: float = 90.0
+    vq: int = 300
+    teacher: int = 800
+    toklip: int = 600
 
     @classmethod
-    def scaled(cls, factor: float) -> Budget:
-        b = cls()
-        return cls(*(max(1, int(getattr(b, f) * factor)) for f in ("vq_steps", "teacher_steps", "toklip_steps")),
-                   b.vq_seconds * factor, b.teacher_seconds * factor)
+    def scaled(cls, factor: float) -> Steps:
+        """``--scale``: every step count times ``factor`` (at least one step each)."""
+        base = cls()
+        return cls(*(max(1, round(getattr(base, f.name) * factor)) for f in fields(cls)))
 
 
+@dataclass(frozen=True)
+class Floors:
+    """The least each stage reaches at ``--scale 1``, far below a normal run (about 27 dB, 93 % and 91 %) and far
+    above a broken one (a VQ that learned nothing is near 10 dB; chance is 10 %)."""
+
+    vq_psnr_db: float = 20.0
+    teacher_zero_shot_top1: float = 0.5
+    toklip_zero_shot_top1: float = 0.5
+
+
+FLOORS = Floors()
 @dataclass
 class QuickstartReport:
     out_dir: str
@@ -59,6 +70,7 @@ class QuickstartReport:
     vq: dict[str, Any] = field(default_factory=dict)
     teacher: dict[str, Any] = field(default_factory=dict)
     toklip: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
 
 
@@ -68,46 +80,52 @@ def _augment(seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: D.random_affine(x, generator=g)
 
 
-def train_components(out: Path, train: D.Digits, budget: Budget, *, seed: int = 0, progress: bool = True,
+def train_components(out: Path, train: D.Digits, steps: Steps, *, seed: int = 0, progress: bool = True,
                      echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or reuse from ``out``) the VQ tokenizer and the teacher CLIP; return what was measured."""
+    """Train (or reuse from ``out``) the VQ tokenizer and the teacher CLIP; return what was measured.
+
+    Files in ``out`` are reused only when made with the same seed, sizes and step counts, so a reused pair is
+    exactly the pair this call would train."""
     from toklip.plugins import get_spec
     from toklip.train.clip_pretrain import OpenCLIPLayout, train_clip
     from toklip.train.vq_train import train_vq
 
     images = D.to_tensor(train.images)
-    info: dict[str, Any] = {}
     vq_path, teacher_path, stamp = out / VQ_FILE, out / TEACHER_FILE, out / COMPONENTS_STAMP
-    made_for = {"seed": seed, "image_size": IMAGE_SIZE, "vq": VQ_KWARGS, "encoder": ENCODER_KWARGS}
+    made_for = {"seed": seed, "image_size": IMAGE_SIZE, "vq": VQ_KWARGS, "encoder": ENCODER_KWARGS,
+                "steps": {"vq": steps.vq, "teacher": steps.teacher},
+                "batch_size": {"vq": VQ_BATCH, "teacher": TEACHER_BATCH}}
     if vq_path.is_file() and teacher_path.is_file() and _read_json(stamp) == made_for:
-        echo(f"reusing the VQ tokenizer and teacher in {out} (delete them to train again)")
-        return {"reused": True}
+        echo(f"reusing the VQ tokenizer and teacher in {out} (made with the same seed and steps; delete them to "
+             "train again)")
+        return {"vq": {"steps": steps.vq, "reused": True}, "teacher": {"steps": steps.teacher, "reused": True}}
     torch.manual_seed(seed)
     vq = get_spec("vq", "llamagen-test").create(**VQ_KWARGS)
-    r = train_vq(vq, images, steps=budget.vq_steps, seed=seed, progress=progress, time_budget=budget.vq_seconds,
+    r = train_vq(vq, images, steps=steps.vq, batch_size=VQ_BATCH, seed=seed, progress=progress,
                  desc="1/3 VQ tokenizer")
     _save_torch({"model": vq.state_dict()}, vq_path)
-    info["vq"] = {"steps": r.steps, "seconds": round(r.seconds, 1), "final_recon_mse": r.history[-1]["recon"]}
+    info: dict[str, Any] = {
+        "vq": {"steps": r.steps, "seconds": round(r.seconds, 1), "final_recon_mse": r.history[-1]["recon"]}}
 
     torch.manual_seed(seed)
     encoder = get_spec("encoder", "siglip2-test").create(**ENCODER_KWARGS)
     clip = OpenCLIPLayout(encoder)
     captions = caption_sampler(train, seed)
-    r2 = train_clip(clip, images, captions, steps=budget.teacher_steps, seed=seed, progress=progress,
-                    augment=_augment(seed), time_budget=budget.teacher_seconds, desc="2/3 teacher CLIP")
+    r2 = train_clip(clip, images, captions, steps=steps.teacher, batch_size=TEACHER_BATCH, seed=seed,
+                    progress=progress, augment=_augment(seed), desc="2/3 teacher CLIP")
     from safetensors.torch import save_file
 
-    from toklip.io import atomic_write, atomic_write_text
+    from toklip.core.io import atomic_write, atomic_write_text
 
     state = {k: v.detach().contiguous() for k, v in clip.state_dict().items()}
     atomic_write(teacher_path, lambda p: save_file(state, str(p)))
-    atomic_write_text(stamp, json.dumps(made_for))  # last: the pair is complete and made for this seed
+    atomic_write_text(stamp, json.dumps(made_for))  # last: the pair is complete and made for these settings
     info["teacher"] = {"steps": r2.steps, "seconds": round(r2.seconds, 1), "final_loss": r2.history[-1]["loss"]}
     return info
 
 
 def _save_torch(obj: Any, path: Path) -> None:
-    from toklip.io import atomic_write
+    from toklip.core.io import atomic_write
 
     atomic_write(path, lambda p: torch.save(obj, p))
 
@@ -167,7 +185,7 @@ def train_toklip(model: Any, train: D.Digits, out_dir: Path, *, steps: int, seed
     from toklip.train.trainer import Trainer
 
     cfg = TrainConfig.from_dict({
-        "data": {"batch_size": 64, "workers": 0},
+        "data": {"batch_size": TOKLIP_BATCH, "workers": 0},
         "optim": {"lr": 1e-3, "warmup": max(1, steps // 10), "weight_decay": 0.1, "min_lr": 1e-5},
         "loss": {"distill_weight": 1000.0 if distill else 0.0},
         "train": {"steps": steps, "seed": seed, "out_dir": str(out_dir), "log_every": 25,
@@ -191,7 +209,7 @@ def write_eval_split(test: D.Digits, root: Path, seed: int) -> tuple[Path, Path]
 
     from PIL import Image
 
-    from toklip.io import atomic_write_text
+    from toklip.core.io import atomic_write_text
 
     folder, captions, stamp = root / "test", root / "test_captions.json", root / "split.json"
     made_for = {"seed": seed, "image_size": IMAGE_SIZE, "test_images": len(test)}
@@ -302,15 +320,19 @@ def figure_features(model: Any, teacher: TeacherAsModel, test: D.Digits, path: P
 
 # ---------------------------------------------------------------------------------------------- the command
 def run_quickstart(out: str | Path = "toklip-quickstart", *, scale: float = 1.0, seed: int = 0, progress: bool = True,
-                   echo: Callable[[str], None] = print, budget: Budget | None = None) -> QuickstartReport:
-    """Python API of ``toklip quickstart``; ``scale`` multiplies every step count and time budget."""
+                   echo: Callable[[str], None] = print, steps: Steps | None = None, check: bool | None = None,
+                   floors: Floors | None = None) -> QuickstartReport:
+    """Python API of ``toklip quickstart``; ``scale`` multiplies every step count.
+
+    ``report.quality`` holds the floors, whether they were checked (``check``; by default at ``scale >= 1``,
+    since shorter runs are smoke runs) and the stages that missed them; the report is written either way."""
     from toklip.train.vq_train import psnr, reconstruct
 
     t0 = time.perf_counter()
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    budget = budget or Budget.scaled(scale)
+    steps = steps or Steps.scaled(scale)
     report = QuickstartReport(out_dir=str(out))
 
     t = time.perf_counter()
@@ -318,6 +340,8 @@ def run_quickstart(out: str | Path = "toklip-quickstart", *, scale: float = 1.0,
     folder, captions = write_eval_split(test, out / "data", seed)
     echo(f"data: scikit-learn digits, {len(train)} training images (each scan in 2 random colourings), "
          f"{len(test)} held-out scans; eval data in {out / 'data'}")
+    echo(f"steps (fixed, seed {seed}): VQ {steps.vq}, teacher {steps.teacher}, TokLIP {steps.toklip}; a slower or "
+         "busier machine takes longer and trains the same models")
     report.seconds["data"] = time.perf_counter() - t
     groups = len({test.caption(i) for i in range(len(test))})
     # several held-out scans share a caption (same digit, ink and paper): text->image R@1 cannot exceed this
@@ -325,12 +349,12 @@ def run_quickstart(out: str | Path = "toklip-quickstart", *, scale: float = 1.0,
                    "text_to_image_R@1_ceiling": round(groups / len(test), 3)}
 
     t = time.perf_counter()
-    info = train_components(out, train, budget, seed=seed, progress=progress, echo=echo)
+    info = train_components(out, train, steps, seed=seed, progress=progress, echo=echo)
     report.seconds["vq_and_teacher"] = time.perf_counter() - t
 
     t = time.perf_counter()
     model = build_toklip(out, seed=seed)
-    result = train_toklip(model, train, out / "run", steps=budget.toklip_steps, seed=seed, progress=progress,
+    result = train_toklip(model, train, out / "run", steps=steps.toklip, seed=seed, progress=progress,
                           echo=echo)
     report.seconds["toklip"] = time.perf_counter() - t
 
@@ -340,13 +364,13 @@ def run_quickstart(out: str | Path = "toklip-quickstart", *, scale: float = 1.0,
     x = D.to_tensor(test.images)
     rec = reconstruct(model.vq, x)
     codes = model.vq.encode(x).indices
-    report.vq = {**info.get("vq", {}), "psnr_db": round(psnr(rec, x), 2),
+    report.vq = {**info["vq"], "batch_size": VQ_BATCH, "psnr_db": round(psnr(rec, x), 2),
                  "codes_used": int(codes.unique().numel()), "codebook_size": VQ_KWARGS["codebook_size"]}
-    report.teacher = {**info.get("teacher", {}), **evaluate(teacher, folder, captions)}
+    report.teacher = {**info["teacher"], "batch_size": TEACHER_BATCH, **evaluate(teacher, folder, captions)}
     last = result.history[-1]
-    report.toklip = {"steps": result.step, "final_loss": last["loss"],
-                     "final_contrastive": last.get("contrastive_loss"), "final_distill": last.get("distill_loss"),
-                     **evaluate(model, folder, captions)}
+    report.toklip = {"steps": result.step, "batch_size": TOKLIP_BATCH, "seconds": round(result.seconds, 1),
+                     "final_loss": last["loss"], "final_contrastive": last.get("contrastive_loss"),
+                     "final_distill": last.get("distill_loss"), **evaluate(model, folder, captions)}
     report.figures = [str(figure_reconstructions(model, test, out / "vq_reconstructions.png"))]
     cos = figure_features(model, teacher, test, out / "features_tsne_cosine.png", seed=seed)
     report.toklip.update(cos)
@@ -355,10 +379,30 @@ def run_quickstart(out: str | Path = "toklip-quickstart", *, scale: float = 1.0,
     report.seconds["eval_and_figures"] = time.perf_counter() - t
     report.seconds["total"] = time.perf_counter() - t0
     report.seconds = {k: round(v, 1) for k, v in report.seconds.items()}
-    from toklip.io import atomic_write_text
+    floors = floors or FLOORS
+    report.quality = {"checked": scale >= 1 if check is None else check, "floors": asdict(floors),
+                      "failures": quality_failures(report, floors)}
+    from toklip.core.io import atomic_write_text
 
     atomic_write_text(out / "report.json", json.dumps(asdict(report), indent=2) + "\n")
     return report
+
+
+def quality_failures(report: QuickstartReport, floors: Floors = FLOORS) -> list[str]:
+    """One line per stage whose result is below its floor (none when all are good), naming what it reached."""
+    checks = (
+        ("stage 1/3, the VQ tokenizer", "held-out PSNR", report.vq.get("psnr_db"), floors.vq_psnr_db, "{:.1f} dB"),
+        ("stage 2/3, the teacher CLIP", "zero-shot top-1", report.teacher.get("zero_shot_top1"),
+         floors.teacher_zero_shot_top1, "{:.1%}"),
+        ("stage 3/3, TokLIP", "zero-shot top-1", report.toklip.get("zero_shot_top1"), floors.toklip_zero_shot_top1,
+         "{:.1%}"),
+    )
+    failures = []
+    for stage, metric, value, floor, fmt in checks:
+        if value is None or not math.isfinite(value) or value < floor:
+            reached = "nothing" if value is None else fmt.format(value)
+            failures.append(f"{stage}: {metric} {reached}, below its floor of {fmt.format(floor)}")
+    return failures
 
 
 def format_report(r: QuickstartReport) -> str:
@@ -386,7 +430,10 @@ def format_report(r: QuickstartReport) -> str:
         f"VQ tokenizer: {v['psnr_db']:.1f} dB PSNR on held-out scans, {v['codes_used']}/{v['codebook_size']} codes used",
         *lines,
         f"  cosine(TokLIP, teacher) same image {s['cosine_same_image']:.2f} vs random pair {s['cosine_random_pair']:.2f}",
+        f"steps: VQ {v['steps']} x {v['batch_size']}, teacher {t['steps']} x {t['batch_size']}, "
+        f"TokLIP {s['steps']} x {s['batch_size']} images (fixed, whatever the time)",
         "time: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items()),
+        _quality_line(r),
         f"saved: {out / 'toklip'} (toklip.from_pretrained), {out / 'report.json'}",
         "figures: " + ", ".join(r.figures),
         f"next: toklip eval zeroshot {out / 'data' / 'test'} --model {out / 'toklip'} "
@@ -394,20 +441,49 @@ def format_report(r: QuickstartReport) -> str:
     ])
 
 
+def _quality_line(r: QuickstartReport) -> str:
+    q = r.quality
+    if not q.get("checked"):
+        return "quality floors: not checked (a smoke run: --scale below 1; --check enforces them)"
+    if q.get("failures"):
+        return f"quality floors: {len(q['failures'])} stage(s) below their floor (see below)"
+    f = q["floors"]
+    return (f"quality floors: passed (VQ PSNR >= {f['vq_psnr_db']:g} dB, teacher zero-shot >= "
+            f"{f['teacher_zero_shot_top1']:.0%}, TokLIP zero-shot >= {f['toklip_zero_shot_top1']:.0%})")
+
+
+def failure_banner(r: QuickstartReport) -> str:
+    """The loud message for a run whose stages missed their floors."""
+    bar = "!" * 100
+    return "\n".join([
+        bar, "toklip quickstart FAILED its quality check:",
+        *(f"  - {line}" for line in r.quality["failures"]),
+        "The step counts are fixed, so this is not a slow machine: something is broken (a changed dependency, a "
+        "numerical problem).",
+        f"Everything was still written (report: {Path(r.out_dir) / 'report.json'}); please report it with that file.",
+        bar,
+    ])
+
+
 @click.command("quickstart", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "out_dir", default="toklip-quickstart", show_default=True, type=click.Path(file_okay=False),
               help="folder for the trained VQ, teacher, TokLIP, figures and report.json")
 @click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.01, 100),
-              help="multiply every step count and time budget (0.1 for a smoke run, 4 for better numbers)")
+              help="multiply every step count (0.1 for a smoke run, 4 for better numbers)")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--check/--no-check", default=None,
+              help=f"exit 1 when a stage misses its quality floor (VQ PSNR {FLOORS.vq_psnr_db:g} dB, teacher zero-shot "
+                   f"{FLOORS.teacher_zero_shot_top1:.0%}, TokLIP zero-shot {FLOORS.toklip_zero_shot_top1:.0%}); "
+                   "default: checked at --scale 1 and above, not for shorter smoke runs")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def quickstart_command(out_dir: str, scale: float, seed: int, quiet: bool) -> None:
+def quickstart_command(out_dir: str, scale: float, seed: int, check: bool | None, quiet: bool) -> None:
     """Train a tiny TokLIP end to end on scikit-learn's digits (CPU, a few minutes) and evaluate it.
 
     Trains a VQ tokenizer and a teacher CLIP on the digits, then TokLIP (contrastive + distillation) with the
     real trainer; reports zero-shot accuracy and retrieval on held-out scans and writes PNG figures."""
-    report = run_quickstart(out_dir, scale=scale, seed=seed, progress=not quiet, echo=click.echo)
+    report = run_quickstart(out_dir, scale=scale, seed=seed, progress=not quiet, echo=click.echo, check=check)
     click.echo("")
     click.echo(format_report(report))
-    if not math.isfinite(report.toklip["final_loss"]):
-        raise click.ClickException("training ended with a non-finite loss")
+    if report.quality["checked"] and report.quality["failures"]:
+        click.echo(failure_banner(report), err=True)
+        raise SystemExit(1)

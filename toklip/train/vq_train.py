@@ -54,11 +54,10 @@ def train_vq(
     seed: int = 0,
     progress: bool = True,
     desc: str = "VQ tokenizer",
-    time_budget: float | None = None,
 ) -> VQTrainResult:
     """Adam with a short warmup and cosine decay over ``images`` [N, 3, S, S] in [-1, 1]; in place.
 
-    ``time_budget`` (seconds) ends training early on a slow machine, so the quickstart keeps its time bar."""
+    Exactly ``steps`` seeded steps: a slow or busy machine takes longer and trains the same model."""
     from tqdm.auto import tqdm
 
     from toklip.train.optim import lr_at
@@ -70,7 +69,6 @@ def train_vq(
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
-    step = 0
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, base_lr=lr, warmup=warm, total=steps, min_lr=lr * 0.02)
@@ -87,12 +85,9 @@ def train_vq(
         history.append(rec)
         if step % 10 == 0:
             bar.set_postfix(recon=f"{rec['recon']:.4f}", codes=rec["codes_used"], refresh=False)
-        if time_budget is not None and time.perf_counter() - t0 > time_budget:
-            bar.write(f"{desc}: time budget of {time_budget:.0f} s reached after {step + 1} steps")
-            break
     bar.close()
     vq.requires_grad_(False).eval()
-    return VQTrainResult(steps=step + 1, seconds=time.perf_counter() - t0, history=history)
+    return VQTrainResult(steps=len(history), seconds=time.perf_counter() - t0, history=history)
 
 
 @torch.no_grad()

@@ -148,7 +148,7 @@ def lookup_jobs(dtype: str, all_candidates: bool) -> list[tuple]:
     for kind, kernel in (("fwd", mlp_fwd_kernel), ("dw2", mlp_bwd_dw2_kernel), ("dw1", mlp_bwd_dw1_kernel)):
         cands = launch.GPU_CANDIDATES[kind]
         for cfg in cands if all_candidates else cands[:1]:
-            const = dict(C=8, C_PAD=16, BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, BLOCK_H=cfg.block_h, IDENTITY=False,
+            const = dict(C=8, C_PAD=16, BLOCK_T=cfg.block_m, BLOCK_D=cfg.block_n, BLOCK_H=cfg.block_k, IDENTITY=False,
                          PRECISION="tf32")
             if kind == "fwd":
                 const["HAS_POS"] = True
@@ -156,11 +156,11 @@ def lookup_jobs(dtype: str, all_candidates: bool) -> list[tuple]:
     for kind, kernel in (("gather", gather_kernel), ("scatter", scatter_add_kernel), ("segment", segment_sum_kernel)):
         cands = launch.GPU_CANDIDATES[kind]
         for cfg in cands if all_candidates else cands[:1]:
-            const: dict[str, Any] = {"BLOCK_D": cfg.block_d}
+            const: dict[str, Any] = {"BLOCK_D": cfg.block_n}
             if kind == "segment":
-                const["BLOCK_S"] = cfg.block_t
+                const["BLOCK_S"] = cfg.block_m
             else:
-                const["BLOCK_T"] = cfg.block_t
+                const["BLOCK_T"] = cfg.block_m
             if kind == "gather":
                 const["HAS_POS"] = True
             jobs.append((kernel, sig, const, {"num_warps": cfg.num_warps}))

@@ -1,23 +1,37 @@
-"""Refuse names toklip would reject, before anything is written."""
+"""Refuse names toklip would reject, before anything is written: toklip's own name rule and the names its builtins
+reserve, both read from toklip's registry (so this list never goes stale)."""
 
 import re
 import sys
 
 NAME = "{{ cookiecutter.component_name }}"
 PACKAGE = "{{ cookiecutter.package_name }}"
+KIND = "{{ cookiecutter.component_kind }}"
+
+
+def fail(message: str) -> None:
+    print(f"ERROR: {message}", file=sys.stderr)
+    sys.exit(1)
+
 
 if not re.fullmatch(r"[a-z][a-z0-9-]*", NAME) or not PACKAGE.isidentifier():
-    print(
-        f"ERROR: plugin name {NAME!r} is not usable: use lowercase letters, digits and '-', starting with a letter "
-        "(toklip component names follow [a-z0-9][a-z0-9_.-]*, and the import package must be a Python identifier)",
-        file=sys.stderr,
-    )
-    sys.exit(1)
+    fail(f"plugin name {NAME!r} is not usable: use lowercase letters, digits and '-', starting with a letter "
+         "(it names the component, the distribution and the import package, which must be a Python identifier)")
 FIELDS = {"description": {{ cookiecutter.description|jsonify }}, "author_name": {{ cookiecutter.author_name|jsonify }}}
 for field, value in FIELDS.items():
     if any(ch in value for ch in '"\\\n'):
-        print(f"ERROR: {field} must not contain double quotes, backslashes or newlines", file=sys.stderr)
-        sys.exit(1)
-if NAME in {"llamagen", "siglip2", "mlp", "codebook", "identity", "causal", "bidirectional", "sdpa", "eager"}:
-    print(f"ERROR: {NAME!r} is a name reserved by toklip's builtins; pick another", file=sys.stderr)
-    sys.exit(1)
+        fail(f"{field} must not contain double quotes, backslashes or newlines")
+
+try:
+    from toklip.core.host import PluginHost
+    from toklip.core.registry import NAME_RE
+except ImportError:
+    print("WARNING: toklip is not importable here, so the names are not checked against its builtins; "
+          "run cookiecutter in the environment where toklip is installed", file=sys.stderr)
+else:
+    builtin = PluginHost(autoload=False).registries(with_plugins=False)[KIND]
+    for name in (NAME, NAME + "-test"):
+        if not NAME_RE.match(name):
+            fail(f"{name!r} does not follow toklip's component name rule {NAME_RE.pattern}")
+        if name in builtin:
+            fail(f"{name!r} is a {KIND} name reserved by toklip's builtins; pick another plugin name")

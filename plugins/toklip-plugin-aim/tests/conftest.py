@@ -1,27 +1,4 @@
-"""Every test runs against an isolated toklip plugin host holding the builtins plus this plugin only."""
+"""toklip's test kit: every test runs under an isolated plugin host holding toklip's builtins plus this plugin
+(from this project's pyproject.toml entry points), seeded and offline."""
 
-from __future__ import annotations
-
-import os
-
-import pytest
-
-pytest_plugins = ["toklip.testing"]  # fixtures and the gpu-marker skip
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
-
-
-@pytest.fixture(autouse=True)
-def host():
-    import toklip_plugin_aim.plugin as plugin
-    from toklip.testing import plugin_host
-
-    with plugin_host(plugin, name="aim") as h:
-        yield h
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    import torch
-
-    torch.manual_seed(0)
+pytest_plugins = ["toklip.testing.pytest_plugin"]

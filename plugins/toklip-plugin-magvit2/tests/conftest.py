@@ -1,33 +1,15 @@
-"""Every test runs against an isolated toklip plugin host holding the builtins plus this plugin only."""
+"""toklip's test kit (isolated plugin host: toklip's builtins plus this plugin, seeds, offline, GPU skips) and
+this plugin's parity fixtures."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["toklip.testing"]  # fixtures (no_tf32, toklip_host) and the gpu-marker skip
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+pytest_plugins = ["toklip.testing.pytest_plugin"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@pytest.fixture(autouse=True)
-def host():
-    import toklip_plugin_magvit2.plugin as plugin
-    from toklip.testing import plugin_host
-
-    with plugin_host(plugin, name="magvit2") as h:
-        yield h
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    import torch
-
-    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")

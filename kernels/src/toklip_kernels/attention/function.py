@@ -7,52 +7,48 @@ need no copy). The output is allocated as [B, N, H, d] memory viewed as [B, H, N
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from toklip.core.errors import InputError
-from toklip_kernels import _runtime, _tuning
+from toklip_kernels import _runtime
+from toklip_kernels._launch import Tiles, cdiv, choose, dot_precision
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
 
-@dataclass(frozen=True)
-class Blocks:
-    block_m: int
-    block_n: int
-    num_warps: int = 4
-    num_stages: int = 2
+def _qk(block_m: int, block_n: int, num_warps: int = 4, num_stages: int = 2) -> Tiles:
+    """Attention tiles: `block_m` queries (BLOCK_M) by `block_n` keys (BLOCK_N), no third axis."""
+    return Tiles(block_m, block_n, num_warps=num_warps, num_stages=num_stages)
 
 
 # Interpreter (CPU tests): small tiles, BLOCK_M != BLOCK_N so the stage boundaries are exercised.
-INTERPRETER_BLOCKS = {"fwd": Blocks(32, 16), "dkdv": Blocks(16, 32), "dq": Blocks(32, 16)}
+INTERPRETER_TILES = {"fwd": _qk(32, 16), "dkdv": _qk(16, 32), "dq": _qk(32, 16)}
 
 
-def _gpu_candidates(kind: str, width: int) -> list[Blocks]:
+def _gpu_candidates(kind: str, width: int) -> list[Tiles]:
     """Launch configs, the default first. `width` = D0 + D1 (72 -> 80). Each default compiles for sm_90 without
     register spills (``python -m toklip_kernels.aot --all`` lists registers, spills and shared memory)."""
     if kind == "fwd":
         if width <= 64:
-            return [Blocks(128, 64, 8, 3), Blocks(64, 64, 4, 3), Blocks(128, 128, 8, 2), Blocks(128, 32, 8, 3)]
+            return [_qk(128, 64, 8, 3), _qk(64, 64, 4, 3), _qk(128, 128, 8, 2), _qk(128, 32, 8, 3)]
         if width <= 96:
-            return [Blocks(128, 64, 8, 3), Blocks(128, 32, 8, 3), Blocks(64, 64, 8, 3), Blocks(128, 128, 8, 2)]
+            return [_qk(128, 64, 8, 3), _qk(128, 32, 8, 3), _qk(64, 64, 8, 3), _qk(128, 128, 8, 2)]
         if width <= 128:
-            return [Blocks(128, 128, 8, 2), Blocks(64, 64, 8, 2), Blocks(64, 32, 4, 2)]
-        return [Blocks(32, 32, 8, 2), Blocks(64, 32, 8, 2)]
+            return [_qk(128, 128, 8, 2), _qk(64, 64, 8, 2), _qk(64, 32, 4, 2)]
+        return [_qk(32, 32, 8, 2), _qk(64, 32, 8, 2)]
     if kind == "dkdv":  # block_m = queries per step, block_n = keys per program
         if width <= 96:
-            return [Blocks(32, 128, 8, 3), Blocks(32, 64, 8, 3), Blocks(16, 64, 8, 3), Blocks(16, 128, 8, 2)]
+            return [_qk(32, 128, 8, 3), _qk(32, 64, 8, 3), _qk(16, 64, 8, 3), _qk(16, 128, 8, 2)]
         if width <= 128:
-            return [Blocks(16, 64, 8, 2), Blocks(16, 32, 4, 2), Blocks(32, 64, 8, 2)]
-        return [Blocks(16, 32, 8, 2), Blocks(16, 16, 4, 2)]
+            return [_qk(16, 64, 8, 2), _qk(16, 32, 4, 2), _qk(32, 64, 8, 2)]
+        return [_qk(16, 32, 8, 2), _qk(16, 16, 4, 2)]
     if width <= 96:  # dq: block_m = queries per program, block_n = keys per step
-        return [Blocks(128, 32, 8, 3), Blocks(64, 32, 4, 3), Blocks(128, 64, 8, 2), Blocks(64, 64, 8, 3)]
+        return [_qk(128, 32, 8, 3), _qk(64, 32, 4, 3), _qk(128, 64, 8, 2), _qk(64, 64, 8, 3)]
     if width <= 128:
-        return [Blocks(64, 32, 8, 2), Blocks(64, 16, 4, 2), Blocks(128, 32, 8, 2)]
-    return [Blocks(32, 16, 8, 2), Blocks(32, 32, 8, 2)]
+        return [_qk(64, 32, 8, 2), _qk(64, 16, 4, 2), _qk(128, 32, 8, 2)]
+    return [_qk(32, 16, 8, 2), _qk(32, 32, 8, 2)]
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, kv_lens: Tensor | None) -> None:
@@ -95,19 +91,12 @@ def _empty_bnhd(like: Tensor) -> Tensor:
     return _runtime.empty(b, n, h, d, dtype=like.dtype, device=like.device).transpose(1, 2)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs are the test path: exact products, not TF32
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _strides(t: Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def _blocks(kind: str, key: tuple, width: int, run, on_gpu: bool) -> Blocks:  # type: ignore[no-untyped-def]
-    if not on_gpu:
-        return INTERPRETER_BLOCKS[kind]
-    return _tuning.pick((kind, *key), _gpu_candidates(kind, width), run, on_gpu=not _runtime.interpreted())
+def _tiles(kind: str, key: tuple, width: int, run, on_gpu: bool) -> Tiles:  # type: ignore[no-untyped-def]
+    return choose((kind, *key), _gpu_candidates(kind, width), run, on_gpu=on_gpu, interpreter=INTERPRETER_TILES[kind])
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, kv_lens: Tensor | None
@@ -124,18 +113,18 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, kv_l
     aligned = _aligned(q, k, v, out)  # a promise to the compiler; the interpreter ignores it
     kv = kv_lens if kv_lens is not None else lse  # unused pointer when HAS_KV_LEN is False
 
-    def run(cfg: Blocks) -> None:
-        grid = (triton_cdiv(n_q, cfg.block_m), b * h)
+    def run(cfg: Tiles) -> None:
+        grid = (cdiv(n_q, cfg.block_m), b * h)
         attn_fwd_kernel[grid](
             q, k, v, out, lse, kv, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
             h, n_q, n_k, scale * LOG2E,
             HEAD_DIM=d, D0=d0, D1=d1, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal,
-            HAS_KV_LEN=kv_lens is not None, ALIGNED=aligned, PRECISION=_precision(q.dtype),
+            HAS_KV_LEN=kv_lens is not None, ALIGNED=aligned, PRECISION=dot_precision(q.dtype),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
     key = (q.dtype, d, causal, _bucket(n_q), _bucket(b * h))
-    run(_blocks("fwd", key, d0 + d1, run, on_gpu))
+    run(_tiles("fwd", key, d0 + d1, run, on_gpu))
     return out, lse
 
 
@@ -154,35 +143,31 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tens
     aligned = _aligned(q, k, v, do, dq, dk, dv)
     kv = kv_lens if kv_lens is not None else lse
     block_delta = 64 if on_gpu else 32
-    attn_bwd_delta_kernel[(triton_cdiv(n_q, block_delta), b * h)](
+    attn_bwd_delta_kernel[(cdiv(n_q, block_delta), b * h)](
         out, do, delta, *_strides(out), *_strides(do), h, n_q,
         HEAD_DIM=d, D_PAD=_runtime.next_pow2(max(d, 16)), BLOCK_M=block_delta, ALIGNED=aligned,
     )
     common = dict(HEAD_DIM=d, D0=d0, D1=d1, CAUSAL=causal, HAS_KV_LEN=kv_lens is not None, ALIGNED=aligned,
-                  PRECISION=_precision(q.dtype))
+                  PRECISION=dot_precision(q.dtype))
     key = (q.dtype, d, causal, _bucket(n_q), _bucket(b * h))
 
-    def run_dkdv(cfg: Blocks) -> None:
-        attn_bwd_dkdv_kernel[(triton_cdiv(n_k, cfg.block_n), b * h)](
+    def run_dkdv(cfg: Tiles) -> None:
+        attn_bwd_dkdv_kernel[(cdiv(n_k, cfg.block_n), b * h)](
             q, k, v, do, dk, dv, lse, delta, kv, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             *_strides(dk), *_strides(dv), h, n_q, n_k, scale * LOG2E, scale,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
         )
 
-    def run_dq(cfg: Blocks) -> None:
-        attn_bwd_dq_kernel[(triton_cdiv(n_q, cfg.block_m), b * h)](
+    def run_dq(cfg: Tiles) -> None:
+        attn_bwd_dq_kernel[(cdiv(n_q, cfg.block_m), b * h)](
             q, k, v, do, dq, lse, delta, kv, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             *_strides(dq), h, n_q, n_k, scale * LOG2E, scale,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
         )
 
-    run_dkdv(_blocks("dkdv", key, d0 + d1, run_dkdv, on_gpu))
-    run_dq(_blocks("dq", key, d0 + d1, run_dq, on_gpu))
+    run_dkdv(_tiles("dkdv", key, d0 + d1, run_dkdv, on_gpu))
+    run_dq(_tiles("dq", key, d0 + d1, run_dq, on_gpu))
     return dq, dk, dv
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _bucket(n: int) -> int:

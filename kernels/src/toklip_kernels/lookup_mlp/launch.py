@@ -6,23 +6,14 @@ flattened to [T] int64) and returns plain tensors; autograd lives in ``function.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from toklip_kernels import _runtime, _tuning
+from toklip_kernels import _runtime
+from toklip_kernels._launch import Tiles, cdiv, choose, dot_precision
 
-
-@dataclass(frozen=True)
-class Tiles:
-    block_t: int
-    block_d: int
-    block_h: int = 0
-    num_warps: int = 4
-    num_stages: int = 2
-
-
+# Tiles: block_m = BLOCK_T (tokens; BLOCK_S rows of a segment), block_n = BLOCK_D (output features),
+# block_k = BLOCK_H (hidden units; 0 for the table kernels, which have none).
 INTERPRETER_TILES = {
     "fwd": Tiles(16, 32, 32), "dw2": Tiles(16, 32, 32), "dw1": Tiles(16, 32, 32),
     "gather": Tiles(16, 32), "scatter": Tiles(16, 32), "segment": Tiles(8, 32),
@@ -40,22 +31,8 @@ GPU_CANDIDATES = {
 }
 
 
-def _on_gpu(t: Tensor) -> bool:
-    return _runtime.gpu_configs(t)
-
-
 def _tiles(kind: str, key: tuple, run, on_gpu: bool) -> Tiles:  # type: ignore[no-untyped-def]
-    if not on_gpu:
-        return INTERPRETER_TILES[kind]
-    return _tuning.pick((kind, *key), GPU_CANDIDATES[kind], run, on_gpu=not _runtime.interpreted())
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
+    return choose((kind, *key), GPU_CANDIDATES[kind], run, on_gpu=on_gpu, interpreter=INTERPRETER_TILES[kind])
 
 
 def c_pad(code_dim: int) -> int:
@@ -65,11 +42,11 @@ def c_pad(code_dim: int) -> int:
 def _splits(n_tokens: int, base_programs: int, block_t: int, device: torch.device, on_gpu: bool) -> tuple[int, int]:
     """(splits, tokens per split): enough token splits to fill the GPU twice over; 3 in the interpreter so the
     reduction is always exercised by the tests."""
-    blocks = max(1, _cdiv(n_tokens, block_t))
-    want = _cdiv(2 * _runtime.sm_count(device), base_programs) if on_gpu else 3
+    blocks = max(1, cdiv(n_tokens, block_t))
+    want = cdiv(2 * _runtime.sm_count(device), base_programs) if on_gpu else 3
     splits = max(1, min(blocks, want))
-    per_split = _cdiv(blocks, splits) * block_t
-    return _cdiv(max(n_tokens, 1), per_split), per_split
+    per_split = cdiv(blocks, splits) * block_t
+    return cdiv(max(n_tokens, 1), per_split), per_split
 
 
 def mlp_forward(idx: Tensor | None, table: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
@@ -83,15 +60,15 @@ def mlp_forward(idx: Tensor | None, table: Tensor, w1: Tensor, b1: Tensor, w2: T
     out = _runtime.empty(n_tok, width, dtype=out_dtype, device=table.device)
     if n_tok == 0:
         return out
-    on_gpu = _on_gpu(table)
+    on_gpu = _runtime.gpu_configs(table)
 
     def run(cfg: Tiles) -> None:
-        mlp_fwd_kernel[(_cdiv(n_tok, cfg.block_t), _cdiv(width, cfg.block_d))](
+        mlp_fwd_kernel[(cdiv(n_tok, cfg.block_m), cdiv(width, cfg.block_n))](
             idx if idx is not None else table, table, w1, b1, w2, b2, pos if pos is not None else b2, out,
             n_tok, vocab, hidden, width, pos.shape[0] if pos is not None else 1,
             table.stride(0), w1.stride(0), w2.stride(0), pos.stride(0) if pos is not None else 0, out.stride(0),
-            C=code_dim, C_PAD=c_pad(code_dim), BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, BLOCK_H=cfg.block_h,
-            IDENTITY=idx is None, HAS_POS=pos is not None, PRECISION=_precision(w1.dtype),
+            C=code_dim, C_PAD=c_pad(code_dim), BLOCK_T=cfg.block_m, BLOCK_D=cfg.block_n, BLOCK_H=cfg.block_k,
+            IDENTITY=idx is None, HAS_POS=pos is not None, PRECISION=dot_precision(w1.dtype),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
@@ -109,35 +86,35 @@ def mlp_backward(idx: Tensor | None, table: Tensor, w1: Tensor, b1: Tensor, w2: 
     hidden, width = w1.shape[0], w2.shape[0]
     cp = c_pad(code_dim)
     dev = table.device
-    on_gpu = _on_gpu(table)
+    on_gpu = _runtime.gpu_configs(table)
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     rows = idx if idx is not None else table
     key = (w1.dtype, code_dim, hidden, width, _runtime.next_pow2(max(n_tok, 1)))
     result: dict[str, Tensor] = {}
 
     def run_dw2(cfg: Tiles) -> None:
-        base = _cdiv(width, cfg.block_d) * _cdiv(hidden, cfg.block_h)
-        splits, per_split = _splits(n_tok, base, cfg.block_t, dev, on_gpu)
+        base = cdiv(width, cfg.block_n) * cdiv(hidden, cfg.block_k)
+        splits, per_split = _splits(n_tok, base, cfg.block_m, dev, on_gpu)
         pdw2 = _runtime.empty(splits, width, hidden, dtype=torch.float32, device=dev)
         pdb2 = _runtime.empty(splits, width, dtype=torch.float32, device=dev)
-        mlp_bwd_dw2_kernel[(_cdiv(width, cfg.block_d), _cdiv(hidden, cfg.block_h), splits)](
+        mlp_bwd_dw2_kernel[(cdiv(width, cfg.block_n), cdiv(hidden, cfg.block_k), splits)](
             rows, table, w1, b1, dout, pdw2, pdb2, n_tok, vocab, hidden, width, per_split,
             table.stride(0), w1.stride(0), dout.stride(0),
-            C=code_dim, C_PAD=cp, BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, BLOCK_H=cfg.block_h, IDENTITY=idx is None,
-            PRECISION=_precision(w1.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            C=code_dim, C_PAD=cp, BLOCK_T=cfg.block_m, BLOCK_D=cfg.block_n, BLOCK_H=cfg.block_k, IDENTITY=idx is None,
+            PRECISION=dot_precision(w1.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         result["dw2"], result["db2"] = pdw2.sum(0), pdb2.sum(0)
 
     def run_dw1(cfg: Tiles) -> None:
-        base = _cdiv(hidden, cfg.block_h)
-        splits, per_split = _splits(n_tok, base, cfg.block_t, dev, on_gpu)
+        base = cdiv(hidden, cfg.block_k)
+        splits, per_split = _splits(n_tok, base, cfg.block_m, dev, on_gpu)
         pdw1 = _runtime.empty(splits, hidden, cp, dtype=torch.float32, device=dev)
         pdb1 = _runtime.empty(splits, hidden, dtype=torch.float32, device=dev)
-        mlp_bwd_dw1_kernel[(_cdiv(hidden, cfg.block_h), splits)](
+        mlp_bwd_dw1_kernel[(cdiv(hidden, cfg.block_k), splits)](
             rows, table, w1, b1, w2, dout, pdw1, pdb1, n_tok, vocab, hidden, width, per_split,
             table.stride(0), w1.stride(0), w2.stride(0), dout.stride(0),
-            C=code_dim, C_PAD=cp, BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, BLOCK_H=cfg.block_h, IDENTITY=idx is None,
-            PRECISION=_precision(w1.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            C=code_dim, C_PAD=cp, BLOCK_T=cfg.block_m, BLOCK_D=cfg.block_n, BLOCK_H=cfg.block_k, IDENTITY=idx is None,
+            PRECISION=dot_precision(w1.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         result["dw1"], result["db1"] = pdw1.sum(0)[:, :code_dim], pdb1.sum(0)
 
@@ -159,14 +136,14 @@ def gather(idx: Tensor, tab: Tensor, pos: Tensor | None, out_dtype: torch.dtype)
         return out
 
     def run(cfg: Tiles) -> None:
-        gather_kernel[(_cdiv(n_tok, cfg.block_t), _cdiv(width, cfg.block_d))](
+        gather_kernel[(cdiv(n_tok, cfg.block_m), cdiv(width, cfg.block_n))](
             idx, tab, pos if pos is not None else tab, out, n_tok, vocab, width,
             pos.shape[0] if pos is not None else 1, tab.stride(0), pos.stride(0) if pos is not None else 0,
-            out.stride(0), BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, HAS_POS=pos is not None,
+            out.stride(0), BLOCK_T=cfg.block_m, BLOCK_D=cfg.block_n, HAS_POS=pos is not None,
             num_warps=cfg.num_warps,
         )
 
-    run(_tiles("gather", (tab.dtype, width, pos is not None), run, _on_gpu(tab)))
+    run(_tiles("gather", (tab.dtype, width, pos is not None), run, _runtime.gpu_configs(tab)))
     return out
 
 
@@ -177,7 +154,7 @@ def code_grad_sum(idx: Tensor, dout: Tensor, vocab: int, *, deterministic: bool)
     n_tok, width = dout.shape
     dev = dout.device
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-    on_gpu = _on_gpu(dout)
+    on_gpu = _runtime.gpu_configs(dout)
     if not deterministic:
         dtab = torch.zeros(vocab, width, dtype=torch.float32, device=dev)
         if n_tok == 0:
@@ -185,9 +162,9 @@ def code_grad_sum(idx: Tensor, dout: Tensor, vocab: int, *, deterministic: bool)
 
         def run(cfg: Tiles) -> None:
             dtab.zero_()
-            scatter_add_kernel[(_cdiv(n_tok, cfg.block_t), _cdiv(width, cfg.block_d))](
+            scatter_add_kernel[(cdiv(n_tok, cfg.block_m), cdiv(width, cfg.block_n))](
                 idx, dout, dtab, n_tok, vocab, width, dout.stride(0), dtab.stride(0),
-                BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, num_warps=cfg.num_warps,
+                BLOCK_T=cfg.block_m, BLOCK_D=cfg.block_n, num_warps=cfg.num_warps,
             )
 
         run(_tiles("scatter", (dout.dtype, width), run, on_gpu))
@@ -198,9 +175,9 @@ def code_grad_sum(idx: Tensor, dout: Tensor, vocab: int, *, deterministic: bool)
     dtab = _runtime.empty(vocab, width, dtype=torch.float32, device=dev)
 
     def run_seg(cfg: Tiles) -> None:
-        segment_sum_kernel[(vocab, _cdiv(width, cfg.block_d))](
+        segment_sum_kernel[(vocab, cdiv(width, cfg.block_n))](
             order, offsets, dout, dtab, width, dout.stride(0), dtab.stride(0),
-            BLOCK_S=cfg.block_t, BLOCK_D=cfg.block_d, num_warps=cfg.num_warps,
+            BLOCK_S=cfg.block_m, BLOCK_D=cfg.block_n, num_warps=cfg.num_warps,
         )
 
     run_seg(_tiles("segment", (dout.dtype, width), run_seg, on_gpu))

@@ -1,18 +1,4 @@
-"""Each test gets an isolated toklip plugin host: toklip's builtins plus this plugin, nothing else installed."""
+"""toklip's test kit: every test runs under an isolated plugin host holding toklip's builtins plus this plugin
+(read from this project's pyproject.toml entry points), seeded, offline, with GPU tests skipped without CUDA."""
 
-import os
-
-import pytest
-
-pytest_plugins = ["toklip.testing"]  # fixtures (toklip_host, no_tf32) and the gpu-marker skip
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
-
-
-@pytest.fixture(autouse=True)
-def host():
-    import {{ cookiecutter.package_name }}.plugin as plugin
-    from toklip.testing import plugin_host
-
-    with plugin_host(plugin, name="{{ cookiecutter.component_name }}") as h:
-        yield h
+pytest_plugins = ["toklip.testing.pytest_plugin"]

@@ -18,7 +18,7 @@ def register_encoders(register):  # type: ignore[no-untyped-def]
                 name,
                 _FACTORY,
                 aliases=(f"aimv2-{size}",) if res == 224 else (),
-                requires=("timm>=1.0.15",),
+                requires=("timm>=1.0.28",),
                 defaults={"model": f"aimv2_{size}_patch14_{res}"},
                 pretrained={"apple_pt": {"hf_hub_id": f"apple/{name}", "file": "model.safetensors",
                                          "license": "apple-amlr"}},
