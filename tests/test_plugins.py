@@ -464,3 +464,21 @@ def click_group():
     from toklip.cli import LazyGroup
 
     return click.group(cls=LazyGroup)
+
+
+@pytest.fixture(scope="module")
+def module_scoped_host():
+    return toklip.get_host()
+
+
+@pytest.fixture(scope="session")
+def session_scoped_host():
+    return toklip.get_host()
+
+
+def test_fixtures_of_every_scope_run_under_an_isolated_host(module_scoped_host, session_scoped_host, toklip_host):
+    """The test kit (toklip.testing.pytest_plugin): installed plugins never reach a model a fixture builds once."""
+    for host in (module_scoped_host, session_scoped_host, toklip_host):
+        assert host.autoload is False and host.strict
+        assert [r.status for r in host.records(include_builtins=True)] == ["builtin"]
+    assert module_scoped_host is not toklip_host and toklip.get_host() is toklip_host

@@ -23,15 +23,19 @@ def list_presets(pattern: str = "*") -> list[str]:
 
 def preset_data(spec: ComponentSpec) -> dict[str, Any]:
     """The JSON dict of a registered preset (a dict, a file path, or a 'package:resource.json' string)."""
+    from toklip.presets.schema import validate_preset
+
     src = spec.factory
     if isinstance(src, Mapping):
-        return copy.deepcopy(dict(src))
-    text_src = str(src)
-    if ":" in text_src and not Path(text_src).exists():
-        package, _, resource = text_src.partition(":")
-        data = importlib.resources.files(package).joinpath(resource).read_bytes()
-        return parse_json(data, f"preset {spec.name!r} ({text_src})")
-    return read_json(text_src, f"preset {spec.name!r}")
+        data = copy.deepcopy(dict(src))
+    elif ":" in str(src) and not Path(str(src)).exists():
+        package, _, resource = str(src).partition(":")
+        raw = importlib.resources.files(package).joinpath(resource).read_bytes()
+        data = parse_json(raw, f"preset {spec.name!r} ({src})")
+    else:
+        data = read_json(str(src), f"preset {spec.name!r}")
+    validate_preset(data, source=f"preset {spec.name!r}")
+    return data
 
 
 def resolve_config(source: str | Path | Mapping[str, Any] | TokLIPConfig) -> TokLIPConfig:
