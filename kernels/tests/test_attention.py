@@ -38,7 +38,10 @@ def _low_precision_baseline(q, k, v, causal, kv_lens, dout):
     return out, _grads(out, (qs, ks, vs), dout)
 
 
-def check_against_reference(q, k, v, *, causal, kv_lens=None, scale=None):
+def check_against_reference(q, k, v, *, causal, kv_lens=None, scale=None, fp32_grads="tight"):
+    """fp32: outputs within 2e-5 of float64; gradients within 1e-4, or (``fp32_grads="pytorch"``, for logits so
+    large that fp32 itself cannot do better) within 3x PyTorch's own fp32 error + 1e-4. fp16/bf16: PyTorch's
+    error in that dtype is the yardstick."""
     out, lse = flash_attention(q, k, v, causal=causal, kv_lens=kv_lens, scale=scale, return_lse=True)
     assert out.shape == q.shape and out.dtype == q.dtype
     dout = torch.randn_like(out)
@@ -50,8 +53,14 @@ def check_against_reference(q, k, v, *, causal, kv_lens=None, scale=None):
     torch.testing.assert_close(lse, ref_lse.float(), atol=1e-4, rtol=1e-4)
     if q.dtype == torch.float32:
         torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
-        for name, g, r in zip("qkv", grads, ref_grads):
-            torch.testing.assert_close(g.double(), r, atol=1e-4, rtol=1e-4, msg=f"d{name}")
+        if fp32_grads == "tight":
+            for name, g, r in zip("qkv", grads, ref_grads):
+                torch.testing.assert_close(g.double(), r, atol=1e-4, rtol=1e-4, msg=f"d{name}")
+            return
+        _, base_grads = _low_precision_baseline(q, k, v, causal, kv_lens, dout)
+        for name, g, bg, r in zip("qkv", grads, base_grads, ref_grads):
+            err, base = (g.double() - r).abs().max().item(), (bg.double() - r).abs().max().item()
+            assert err <= 3 * base + 1e-4, f"d{name} error {err:.3g} vs PyTorch float32 error {base:.3g}"
         return
     base_out, base_grads = _low_precision_baseline(q, k, v, causal, kv_lens, dout)
     err = (out.double() - ref).abs().max().item()
@@ -100,7 +109,9 @@ def test_key_lengths_and_fully_masked_rows(causal, device):
 
 
 def test_large_logits_stay_finite(device):
-    check_against_reference(*_inputs(1, 1, 40, 40, 72, torch.float32, device, scale=12.0), causal=True)
+    """Logits of ~1e2: fp32 gradients cannot be within 1e-4 of float64 (PyTorch's SDPA misses by ~5e-4 too)."""
+    check_against_reference(*_inputs(1, 1, 40, 40, 72, torch.float32, device, scale=12.0), causal=True,
+                            fp32_grads="pytorch")
 
 
 def test_custom_scale(device):
