@@ -2,16 +2,19 @@
 
 - ``llamagen-loop``: what ``extract_codes_c2i.py`` does: ADM centre crop, batch 1, fp32, one int64 ``.npy`` per
   image (the views of one image in one file).
-- ``toklip-fp32`` / ``toklip-bf16``: ``tokenize_dataset`` (batched, loader workers, uint16 shards); bf16 runs the
-  encoder under bf16 autocast with fp32 codebook distances. Beside every mode: the share of indices equal to the
-  fp32 batch-1 loop's.
-- ``bf16-distances`` (reference point, not a toklip mode): the whole VQ under bf16 autocast, distances included.
+- ``toklip-fp32`` / ``toklip-winograd`` / ``toklip-bf16``: ``tokenize_dataset`` (batched, loader workers,
+  uint16 shards). winograd: fp32 with NNPACK's Winograd 3x3 convolutions (the CPU mode for CPUs without native
+  bf16); bf16: the encoder under bf16 autocast (channels_last) with fp32 codebook distances. Beside every mode:
+  the share of indices equal to the fp32 batch-1 loop's.
+- ``bf16-distances`` (reference point, not a toklip mode; measured when bf16 is among the modes): the whole VQ
+  under bf16 autocast, distances included.
 
 Reports images/s, bytes on disk per image, and the ratios the issue sets goals for (>= 3x images/s on CPU, >= 10x
 on GPU, >= 4x fewer bytes).
 
     python benchmarks/bench_tokenize.py --vq llamagen-test --image-size 64 --n 64
-    python benchmarks/bench_tokenize.py --vq llamagen --image-size 256 --n 200 --augment flip   # full size
+    python benchmarks/bench_tokenize.py --vq llamagen --image-size 256 --n 96 --modes fp32,winograd   # full size
+    python benchmarks/bench_tokenize.py --vq llamagen --image-size 256 --n 8 --modes bf16 --tag bf16
 """
 
 from __future__ import annotations
@@ -48,6 +51,24 @@ def make_images(root: Path, n: int, seed: int = 0) -> Path:
     return d
 
 
+def split_rounds(images: Path, rounds: int) -> list[Path]:
+    """Move the images into ``rounds`` sub-folders of (nearly) equal size, in order."""
+    paths = sorted(images.iterdir())
+    rounds = max(1, min(rounds, len(paths)))
+    parts = []
+    for r in range(rounds):
+        d = images.parent / f"round-{r}"
+        d.mkdir()
+        for p in paths[r * len(paths) // rounds : (r + 1) * len(paths) // rounds]:
+            p.rename(d / p.name)
+        parts.append(d)
+    return parts
+
+
+def all_images(parts: list[Path]) -> list[Path]:
+    return [p for d in parts for p in sorted(d.iterdir())]
+
+
 def llamagen_loop(images: Path, out: Path, tok, augment: str) -> tuple[float, int, np.ndarray]:
     """Batch 1, fp32, one int64 .npy per image: the baseline."""
     from toklip.tokenize.augment import make_views, to_model_range
@@ -66,17 +87,20 @@ def llamagen_loop(images: Path, out: Path, tok, augment: str) -> tuple[float, in
     return seconds, sum(f.stat().st_size for f in out.iterdir()), np.stack(all_indices)
 
 
-def bf16_everywhere(images: Path, tok, augment: str, batch: int) -> np.ndarray:
+def bf16_everywhere(images: list[Path], tok, augment: str, batch: int) -> np.ndarray:
     """The whole VQ (distances included) under bf16 autocast: what "just use bf16" gives."""
     from toklip.tokenize.augment import make_views, to_model_range
 
-    x = torch.stack([make_views(p, tok.image_size, augment) for p in sorted(images.iterdir())])
+    x = torch.stack([make_views(p, tok.image_size, augment) for p in images])
     a = x.shape[1]
     flat = to_model_range(x.reshape(-1, *x.shape[2:]))
     out = []
+    tok.vq.to(memory_format=torch.channels_last)  # NCHW bf16 convolutions are very slow in oneDNN
     with torch.inference_mode(), torch.autocast(tok.device.type, dtype=torch.bfloat16):
         for s in range(0, len(flat), batch * a):
-            out.append(tok.vq.encode(flat[s : s + batch * a].to(tok.device)).indices.reshape(-1, tok.grid[0] ** 2))
+            chunk = flat[s : s + batch * a].to(tok.device).contiguous(memory_format=torch.channels_last)
+            out.append(tok.vq.encode(chunk).indices.reshape(-1, tok.grid[0] ** 2))
+    tok.vq.to(memory_format=torch.contiguous_format)
     return torch.cat(out).cpu().numpy().reshape(len(x), a, -1)
 
 
@@ -87,9 +111,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="images")
     ap.add_argument("--augment", default="center", choices=["center", "flip", "ten-crop"])
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="loader workers (they share the CPUs with the encoder)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--modes", default="fp32,bf16")
+    ap.add_argument("--modes", default="fp32,winograd,bf16", help="toklip modes: fp32, winograd (CPU), bf16")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
+    ap.add_argument("--rounds", type=int, default=4, help="slices of the images every method runs in turn")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<device>)")
     args = ap.parse_args()
 
@@ -97,31 +123,53 @@ def main() -> None:
     from toklip.tokenize.runner import TokenizeOptions, tokenize_dataset
 
     spec = TokenizerSpec("vq", args.vq, None, {}, 0, random_weights=True)
-    rows = []
+    modes = args.modes.split(",")
+    seconds = {m: 0.0 for m in ["llamagen-loop", *modes]}
+    nbytes = {m: 0 for m in seconds}
+    indices: dict[str, list[np.ndarray]] = {m: [] for m in seconds}
+    precision: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         images = make_images(root, args.n)
+        rounds = split_rounds(images, args.rounds)
         tok = build_tokenizer(spec, device=args.device, image_size=args.image_size, precision="fp32")
-        base_s, base_bytes, base_idx = llamagen_loop(images, root / "llamagen", tok, args.augment)
-        rows.append({"mode": "llamagen-loop", "images_per_s": args.n / base_s, "bytes_per_image": base_bytes / args.n,
-                     "index_match": 1.0})
-        print(f"llamagen-loop  {args.n / base_s:8.2f} img/s  {base_bytes / args.n:9.0f} B/img", flush=True)
-        for mode in args.modes.split(","):
-            out = root / f"toklip-{mode}"
-            opts = TokenizeOptions(augment=args.augment, batch_size=args.batch_size, workers=args.workers)
-            s = tokenize_dataset(images, out, spec, options=opts, image_size=args.image_size, precision=mode,
-                                 device=args.device, progress=False, echo=lambda m: None)
-            m = json.loads((out / "manifest.json").read_text())
-            idx = np.load(out / m["shards"][0]["tokens_file"]).astype(np.int64)
-            nbytes = sum((out / sh["tokens_file"]).stat().st_size for sh in m["shards"])
-            row = {"mode": f"toklip-{mode}", "images_per_s": s.images_per_second, "bytes_per_image": nbytes / args.n,
-                   "index_match": float((idx == base_idx).mean()), "precision": m["precision"]}
+        # Rounds: every method runs on each slice of the images in turn, so a change in the machine's load (other
+        # jobs on a shared CPU) hits all of them alike instead of whichever ran when it changed.
+        for r, part in enumerate(rounds):
+            t, b, idx = llamagen_loop(part, root / f"llamagen-{r}", tok, args.augment)
+            seconds["llamagen-loop"] += t
+            nbytes["llamagen-loop"] += b
+            indices["llamagen-loop"].append(idx)
+            for mode in modes:
+                out = root / f"toklip-{mode}-{r}"
+                opts = TokenizeOptions(augment=args.augment, batch_size=args.batch_size, workers=args.workers)
+                summary = tokenize_dataset(part, out, spec, options=opts, image_size=args.image_size,
+                                           precision=mode, device=args.device, progress=False, echo=lambda m: None)
+                m = json.loads((out / "manifest.json").read_text())
+                seconds[mode] += summary.seconds
+                nbytes[mode] += sum((out / sh["tokens_file"]).stat().st_size for sh in m["shards"])
+                indices[mode].append(np.concatenate([np.load(out / sh["tokens_file"]) for sh in m["shards"]]))
+                precision[mode] = m["precision"]
+            done = (r + 1) * len(list(part.iterdir()))
+            print(f"round {r + 1}/{len(rounds)}: " + ", ".join(f"{k} {done / v:.2f} img/s" for k, v in seconds.items()),
+                  flush=True)
+        base_idx = np.concatenate(indices["llamagen-loop"])
+        rows = []
+        for mode in seconds:
+            idx = np.concatenate(indices[mode]).astype(np.int64)
+            row = {"mode": mode if mode == "llamagen-loop" else f"toklip-{mode}", "images_per_s": args.n / seconds[mode],
+                   "seconds": seconds[mode], "bytes_per_image": nbytes[mode] / args.n,
+                   "index_match": float((idx == base_idx).mean())}
+            if mode in precision:
+                row["precision"] = precision[mode]
+                row["speedup_vs_loop"] = seconds["llamagen-loop"] / seconds[mode]
             rows.append(row)
-            print(f"{row['mode']:<14} {row['images_per_s']:8.2f} img/s  {row['bytes_per_image']:9.0f} B/img  "
+            print(f"{row['mode']:<16} {row['images_per_s']:8.3f} img/s  {row['bytes_per_image']:9.0f} B/img  "
                   f"indices equal to fp32: {row['index_match']:.2%}", flush=True)
-        ref = bf16_everywhere(images, tok, args.augment, args.batch_size)
-        rows.append({"mode": "bf16-distances (reference)", "index_match": float((ref == base_idx).mean())})
-        print(f"bf16 distances too: indices equal to fp32: {rows[-1]['index_match']:.2%}")
+        if "bf16" in modes:
+            ref = bf16_everywhere(all_images(rounds), tok, args.augment, args.batch_size)
+            rows.append({"mode": "bf16-distances (reference)", "index_match": float((ref == base_idx).mean())})
+            print(f"bf16 distances too: indices equal to fp32: {rows[-1]['index_match']:.2%}")
     base = rows[0]
     best = max((r for r in rows if r["mode"].startswith("toklip")), key=lambda r: r["images_per_s"])
     ratios = {"images_per_s_best_vs_loop": best["images_per_s"] / base["images_per_s"], "best_mode": best["mode"],
@@ -130,9 +178,16 @@ def main() -> None:
           f"{ratios['bytes_loop_vs_toklip']:.2f}x fewer bytes")
     out_dir = args.out or Path(__file__).resolve().parent / "results" / device_slug()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"bench_tokenize_{args.vq}_{args.image_size}_{args.augment}.json"
+    tag = f"_{args.tag}" if args.tag else ""
+    path = out_dir / f"bench_tokenize_{args.vq}_{args.image_size}_{args.augment}{tag}.json"
+    from toklip.tokenize.encode import cpu_has_native_bf16
+    from toklip.tokenize.fastconv import nnpack_works
+
+    cpu = {"capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
+           "nnpack": nnpack_works(), "threads": torch.get_num_threads()}
     path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "ratios": ratios,
-                                "command": " ".join(sys.argv), "environment": environment()}, indent=2) + "\n")
+                                "command": " ".join(sys.argv), "cpu": cpu, "environment": environment()},
+                               indent=2) + "\n")
     print(f"wrote {path}")
 
 

@@ -74,10 +74,10 @@ def run(images, out, *, spec=None, size: int = SIZE, **options):
     """Tokenize in this process with llamagen-test (fp32, CPU, no progress bar)."""
     from toklip.tokenize.runner import TokenizeOptions, tokenize_dataset
 
-    kw = {k: options.pop(k) for k in ("precision", "input_type") if k in options}
+    kw = {k: options.pop(k) for k in ("precision", "input_type", "echo") if k in options}
     opts = TokenizeOptions(**{"workers": 0, "batch_size": 4, **options})
     return tokenize_dataset(images, out, spec or vq_spec(), options=opts, image_size=size, device="cpu",
-                            progress=False, echo=lambda m: None, **{"precision": "fp32", **kw})
+                            progress=False, **{"precision": "fp32", "echo": lambda m: None, **kw})
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:

@@ -13,6 +13,7 @@ from torch import nn
 pytest.importorskip("torchmetrics", reason="metrics need the eval extra: pip install 'toklip[eval]'")
 
 from toklip.metrics import FIDMetric, LPIPSMetric, code_counts, codebook_stats, psnr, ssim, to_unit_range
+from toklip.core.errors import CheckpointError, ConfigError
 from toklip.metrics.perceptual import MetricUnavailable
 
 
@@ -128,3 +129,50 @@ def test_eval_recon_compares_vqs_on_the_same_images(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "ex.png").size == (3 * 32, 4 * 32)  # original + two reconstructions, 4 rows
+
+
+def fid_inception_state() -> dict:
+    """A random-weight FID InceptionV3 state dict in the release files' layout (torchvision's inception_v3 with
+    the 1008-way TF classifier, no aux head): what torch-fidelity and pytorch-fid ship, minus the trained values."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    return torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False,
+                                           num_classes=1008).state_dict()
+
+
+@pytest.mark.slow
+def test_fid_loads_inception_weights_from_a_file_in_the_release_format(tmp_path):
+    pytest.importorskip("torch_fidelity", reason="rFID needs torch-fidelity: pip install 'toklip[eval]'")
+    state = fid_inception_state()
+    path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(state, path)
+    metric = FIDMetric(path)
+    loaded = metric.fid.inception.state_dict()
+    assert set(loaded) == set(state)
+    assert all(torch.equal(loaded[k], state[k]) for k in ("fc.weight", "Conv2d_1a_3x3.conv.weight"))
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(4, 3, 64, 64, generator=g)
+    metric.update(real, (real + 0.3 * torch.rand(4, 3, 64, 64, generator=g)).clamp(0, 1))
+    assert math.isfinite(metric.compute()) and metric.compute() > 0
+    same = FIDMetric(path)
+    same.update(real, real)
+    assert abs(same.compute()) < 1e-3
+
+
+def test_fid_weights_are_read_safely_and_checked(tmp_path):
+    import os
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "pwned"),))
+
+    pytest.importorskip("torch_fidelity", reason="rFID needs torch-fidelity: pip install 'toklip[eval]'")
+    hostile = tmp_path / "hostile.pth"
+    torch.save({"fc.weight": torch.zeros(1), "x": Hostile()}, hostile)
+    with pytest.raises(CheckpointError, match="refused to load .*mkdir"):
+        FIDMetric(hostile)
+    assert not (tmp_path / "pwned").exists()
+    wrong = tmp_path / "alexnet.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, wrong)
+    with pytest.raises(ConfigError, match="not an FID InceptionV3 state dict"):
+        FIDMetric(wrong)

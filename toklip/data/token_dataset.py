@@ -1,15 +1,20 @@
 """Read ``toklip tokenize`` output as a torch Dataset: memory-mapped shards, one augmentation per access.
 
 ``ds[i]`` is ``{"indices": LongTensor [N], "label": int}`` for class-labelled inputs, ``{"indices", "caption": str}``
-for captioned ones (both when both exist), plus ``"pooled"`` (float32 [D]) when the run stored features and
-``with_pooled=True``. The view is drawn at random per access (as LlamaGen's loader does), or fixed with
-``view=k``. Arrays are opened lazily with ``np.load(mmap_mode="r")`` (no pickle) in whichever process reads them,
-so the dataset is cheap to send to DataLoader workers.
+for captioned ones (both when both exist), plus ``"pooled"`` (float32 [D]) with ``with_pooled=True`` and
+``"features"`` (float32 [N, D], the per-token features) with ``with_features=True`` when the run stored them. The
+view is drawn at random per access (as LlamaGen's loader does), or fixed with ``view=k``.
+
+Both output formats read the same way. Array shards are opened lazily with ``np.load(mmap_mode="r")``; WebDataset
+shards (``--format webdataset``) are memory-mapped tars whose member byte ranges the shard record lists, so one
+sample is one small ``np.load`` of its ``.npy`` member. Never with pickle, in whichever process reads them, so the
+dataset is cheap to send to DataLoader workers.
 """
 
 from __future__ import annotations
 
 import bisect
+import io
 import json
 import random
 from pathlib import Path
@@ -28,7 +33,7 @@ class TokenDataset(Dataset):
     """A tokenized dataset folder (``OUT`` of ``toklip tokenize``); see the module docstring."""
 
     def __init__(self, root: str | Path, *, view: int | str = "random", with_pooled: bool = False,
-                 seed: int | None = None) -> None:
+                 with_features: bool = False, seed: int | None = None) -> None:
         self.root = Path(root).expanduser()
         path = self.root / MANIFEST
         if not path.is_file():
@@ -44,12 +49,16 @@ class TokenDataset(Dataset):
             raise ConfigError(f"view must be 'random' or an int in [0, {self.num_views - 1}], got {view!r}")
         if with_pooled and not self.manifest.get("features", {}).get("pooled"):
             raise ConfigError(f"{self.root} has no pooled features (tokenize with --features pooled)")
-        self.view, self.with_pooled = view, with_pooled
+        if with_features and not self.manifest.get("features", {}).get("tokens"):
+            raise ConfigError(f"{self.root} has no per-token features (tokenize with --features tokens)")
+        self.view, self.with_pooled, self.with_features = view, with_pooled, with_features
+        self.output_format = self.manifest.get("output_format", "array")
         self._rng = random.Random(seed) if seed is not None else random
         self.shards = self.manifest["shards"]
         self.offsets = np.cumsum([0] + [s["count"] for s in self.shards]).tolist()
         self._records: dict[int, dict[str, Any]] = {}
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
+        self._tars: dict[int, np.ndarray] = {}
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -70,7 +79,7 @@ class TokenDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_arrays"], state["_records"] = {}, {}  # reopened by each worker
+        state["_arrays"], state["_records"], state["_tars"] = {}, {}, {}  # reopened by each worker
         if state["_rng"] is random:
             state["_rng"] = None
         return state
@@ -90,35 +99,61 @@ class TokenDataset(Dataset):
         return s, i - self.offsets[s]
 
     def array(self, s: int, what: str = "tokens") -> np.ndarray:
-        """Shard ``s``'s ``tokens`` [n, A, N] (or ``pooled`` [n, A, D]) array, memory-mapped."""
+        """Shard ``s``'s ``tokens`` [n, A, N] (``pooled`` [n, A, D], ``features`` [n, A, N, D]) array: memory-mapped
+        for array shards, read whole from a WebDataset shard."""
         key = (s, what)
         if key not in self._arrays:
-            self._arrays[key] = np.load(self.root / self.shards[s][f"{what}_file"], mmap_mode="r",
-                                        allow_pickle=False)
+            if self.output_format == "webdataset":
+                n = int(self.shards[s]["count"])
+                rows = [self._member(s, r, what) for r in range(n)]
+                self._arrays[key] = np.stack(rows) if rows else self._empty(s, what)
+            else:
+                self._arrays[key] = np.load(self.root / self.shards[s][f"{what}_file"], mmap_mode="r",
+                                            allow_pickle=False)
         return self._arrays[key]
+
+    def _empty(self, s: int, what: str) -> np.ndarray:
+        info = self.record(s)["files"]["tar"]["arrays"][what]
+        return np.zeros(info["shape"], dtype=info["dtype"])
+
+    def _member(self, s: int, row: int, what: str) -> np.ndarray:
+        """Row ``row`` of array ``what`` of WebDataset shard ``s``, from its byte range in the tar."""
+        from toklip.tokenize.writer import MEMBER
+
+        if s not in self._tars:
+            self._tars[s] = np.memmap(self.root / self.shards[s]["tar_file"], dtype=np.uint8, mode="r")
+        offset, size = self.record(s)["members"][MEMBER[what]][row]
+        return np.load(io.BytesIO(self._tars[s][offset : offset + size].tobytes()), allow_pickle=False)
+
+    def _row(self, s: int, row: int, what: str) -> np.ndarray:
+        if self.output_format == "webdataset" and (s, what) not in self._arrays:
+            return self._member(s, row, what)
+        return np.asarray(self.array(s, what)[row])
 
     def record(self, s: int) -> dict[str, Any]:
         if s not in self._records:
-            name = Path(self.shards[s]["tokens_file"]).name.split(".")[0]
-            self._records[s] = json.loads((self.root / "shards" / f"{name}.json").read_text(encoding="utf-8"))
+            name = f"{int(self.shards[s]['shard']):05d}.json"
+            self._records[s] = json.loads((self.root / "shards" / name).read_text(encoding="utf-8"))
         return self._records[s]
 
     def tokens(self, i: int) -> np.ndarray:
         """All views of image ``i``: [A, N] (the stored dtype)."""
         s, row = self.locate(i)
-        return np.asarray(self.array(s)[row])
+        return self._row(s, row, "tokens")
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         s, row = self.locate(i)
         v = self._rng.randrange(self.num_views) if self.view == "random" else int(self.view)
-        item: dict[str, Any] = {"indices": torch.from_numpy(self.array(s)[row, v].astype(np.int64))}
+        item: dict[str, Any] = {"indices": torch.from_numpy(self._row(s, row, "tokens")[v].astype(np.int64))}
         rec = self.record(s)
         if "labels" in rec:
             item["label"] = int(rec["labels"][row])
         if "captions" in rec:
             item["caption"] = rec["captions"][row]
         if self.with_pooled:
-            item["pooled"] = torch.from_numpy(self.array(s, "pooled")[row, v].astype(np.float32))
+            item["pooled"] = torch.from_numpy(self._row(s, row, "pooled")[v].astype(np.float32))
+        if self.with_features:
+            item["features"] = torch.from_numpy(self._row(s, row, "features")[v].astype(np.float32))
         return item
 
     def key(self, i: int) -> str:

@@ -1,10 +1,15 @@
 """rFID and LPIPS through torchmetrics, with weights the user supplies: nothing downloads at run time.
 
-- rFID: ``torchmetrics.image.fid.FrechetInceptionDistance`` with torch-fidelity's InceptionV3 loaded from
-  ``--inception-weights`` (torch-fidelity's ``pt_inception-2015-12-05-6726825d.pth``), 2048 pool features, images
-  resized bilinearly to 299 inside the metric; the reference set is the original images. Any ``nn.Module``
-  feature extractor works too (it receives the [0, 1] float images; the tests use a small deterministic one). Always report the evaluator with the
-  number: other FID implementations differ by a factor of two on the same images (LlamaGen issue #34).
+- rFID: ``torchmetrics.image.fid.FrechetInceptionDistance`` with the FID InceptionV3 (torch-fidelity's network,
+  which torchmetrics uses; ``pip install 'toklip[eval]'`` brings torch-fidelity) loaded from
+  ``--inception-weights``: torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` or pytorch-fid's
+  ``pt_inception-2015-12-05-6726825d.pth`` (the same network and tensor names). 2048 pool features, images
+  resized to 299 inside the metric; the reference set is the original images. The file is read by toklip's safe
+  reader (``weights_only``; torch-fidelity itself would unpickle it with ``weights_only=False``), checked, and
+  handed to torchmetrics as a tensors-only copy in a private temporary folder. Any ``nn.Module`` feature extractor
+  works too (it receives the [0, 1] float images; the tests use a small deterministic one). Always report the
+  evaluator with the number: other FID implementations differ by a factor of two on the same images (LlamaGen
+  issue #34).
 - LPIPS: torchmetrics' LPIPS network with its shipped linear heads and the AlexNet/VGG16 backbone from
   ``--lpips-weights`` (a torchvision ``alexnet``/``vgg16`` state dict file), loaded with ``weights_only=True``.
 
@@ -13,6 +18,7 @@ Without the file, :class:`MetricUnavailable` says which one to pass.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,10 @@ from torch import Tensor, nn
 
 from toklip.core.errors import ConfigError
 
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+# Tensors every FID InceptionV3 state dict has, with their shapes (the first conv and the 1008-way TF classifier).
+INCEPTION_PROBES = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "Mixed_7c.branch_pool.conv.weight": (192, 2048, 1, 1),
+                    "fc.weight": (1008, 2048), "fc.bias": (1008,)}
 
 
 class MetricUnavailable(ConfigError):
@@ -47,8 +56,18 @@ class FIDMetric:
         try:
             import torch_fidelity  # noqa: F401
         except ImportError as e:
-            raise MetricUnavailable("rFID with Inception needs torch-fidelity: pip install torch-fidelity") from e
-        self.fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(path))
+            raise MetricUnavailable("rFID with Inception needs torch-fidelity: pip install 'toklip[eval]' "
+                                    "(or pip install torch-fidelity)") from e
+        state = read_inception_state(path)
+        with tempfile.TemporaryDirectory(prefix="toklip-fid-") as tmp:  # mode 0700: only this user can swap it
+            copy = Path(tmp) / "inception.pt"
+            torch.save(state, copy)  # tensors only: the one file torch-fidelity's weights_only=False load sees
+            try:
+                self.fid = FrechetInceptionDistance(feature=2048, normalize=True,
+                                                    feature_extractor_weights_path=str(copy))
+            except RuntimeError as e:  # load_state_dict: missing / unexpected / mis-shaped tensors
+                raise ConfigError(f"{path} is not an FID InceptionV3 state dict ({str(e).splitlines()[0]}); "
+                                  f"expected {INCEPTION_FILE}") from e
         self.evaluator = "torchmetrics FID (torch-fidelity InceptionV3, 2048 pool features, bilinear resize to 299)"
 
     def update(self, real: Tensor, fake: Tensor) -> None:
@@ -86,9 +105,24 @@ class LPIPSMetric:
         return self.total / max(self.count, 1)
 
 
+def read_inception_state(path: Path) -> dict[str, Tensor]:
+    """The FID InceptionV3 tensors of ``path``, read safely and checked for the tensors every such file has."""
+    from toklip.weights import read_checkpoint
+
+    state: Any = read_checkpoint(path)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise ConfigError(f"{path} does not hold a state dict of tensors; expected {INCEPTION_FILE}")
+    for key, shape in INCEPTION_PROBES.items():
+        if key not in state or tuple(state[key].shape) != shape:
+            found = tuple(state[key].shape) if key in state else "missing"
+            raise ConfigError(f"{path} is not an FID InceptionV3 state dict ({key}: expected shape {shape}, found "
+                              f"{found}); pass {INCEPTION_FILE} (torch-fidelity) or pt_inception-2015-12-05-6726825d.pth")
+    return state
+
+
 def load_backbone(backbone: nn.Module, path: Path) -> None:
     """Load torchvision ``features.{i}.*`` keys into torchmetrics' ``slice{k}.{i}.*`` modules, strictly."""
-    from toklip.checkpoints import read_checkpoint
+    from toklip.weights import read_checkpoint
 
     state: Any = read_checkpoint(path)
     if not isinstance(state, dict):

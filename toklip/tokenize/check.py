@@ -68,7 +68,8 @@ def verify(out: str | Path, *, n: int = 16, spec: Any = None, device: str = "aut
 
     ds = TokenDataset(out, view=0)
     m = ds.manifest
-    precision = "bf16" if m["precision"]["encoder"].startswith("bf16") else "fp32"
+    encoder = m["precision"]["encoder"]
+    precision = "bf16" if encoder.startswith("bf16") else "winograd" if "Winograd" in encoder else "fp32"
     tok = build_tokenizer(spec or manifest_spec(m), device=device,
                           image_size=None if (spec or manifest_spec(m)).source == "model" else m["image_size"],
                           precision=precision)

@@ -82,14 +82,25 @@ def _tokenizer_options(f: Any) -> Any:
 @click.option("--crop-range", default=1.1, show_default=True, help="ten-crop: first crop to S x crop-range")
 @click.option("--resize", default="adm", show_default=True, type=click.Choice(["adm", "shortest", "squash"]),
               help="first step: ADM centre crop (LlamaGen) or the model's transform")
-@click.option("--features", default="none", show_default=True, type=click.Choice(["none", "pooled"]),
-              help="pooled: store the TokLIP pooled embedding (fp16) beside the codes (needs --model)")
+@click.option("--features", default="none", show_default=True,
+              type=click.Choice(["none", "pooled", "tokens", "pooled,tokens"]),
+              help="pooled: the TokLIP pooled embedding (fp16) beside the codes; tokens: per-token features "
+                   "[views, N, D] fp16, large: the size is printed first and --yes or --max-bytes is required "
+                   "(both need --model)")
+@click.option("--yes", "confirm_features", is_flag=True, help="write --features tokens whatever their size")
+@click.option("--max-bytes", type=int, default=None,
+              help="refuse a run whose output would exceed this many bytes (checked as shards are written when "
+                   "the input's size is unknown)")
+@click.option("--format", "output_format", default="array", show_default=True,
+              type=click.Choice(["array", "webdataset"]),
+              help="array: memory-mappable .npy shards; webdataset: one tar per shard for streaming")
 @click.option("--batch-size", default=64, show_default=True, help="images per encoder batch (x views)")
 @click.option("--workers", default=4, show_default=True, help="DataLoader workers decoding images")
 @click.option("--shard-size", default=10_000, show_default=True, help="images per output shard (list inputs)")
 @click.option("--dtype", "precision", default="auto", show_default=True,
-              type=click.Choice(["auto", "fp32", "bf16"]),
-              help="bf16: encoder under bf16 autocast, codebook distances in fp32; auto: bf16 on GPU, fp32 on CPU")
+              type=click.Choice(["auto", "fp32", "bf16", "winograd"]),
+              help="bf16: encoder under bf16 autocast, codebook distances in fp32 (fast on GPU and on CPUs with "
+                   "native bf16); winograd: CPU, fp32 with Winograd 3x3 convolutions; auto: bf16 on GPU, fp32 on CPU")
 @click.option("--input-type", default="auto", show_default=True,
               type=click.Choice(["auto", "webdataset", "csv", "jsonl", "class-folder", "folder", "images"]))
 @click.option("--image-key", default=None, help="CSV/JSONL column holding the image path")
@@ -99,6 +110,7 @@ def _tokenizer_options(f: Any) -> Any:
 def run_command(images: str, out: str, vq: str | None, vq_weights: str | None, vq_arg: tuple[str, ...],
                 model: str | None, weights: str | None, random_weights: bool, seed: int, device: str,
                 image_size: int | None, augment: str, crop_range: float, resize: str, features: str,
+                confirm_features: bool, max_bytes: int | None, output_format: str,
                 batch_size: int, workers: int, shard_size: int, precision: str, input_type: str,
                 image_key: str | None, caption_key: str | None, resume: bool, quiet: bool) -> None:
     """Tokenize IMAGES (class folders, captioned folder, CSV/TSV/JSONL, WebDataset shards) into OUT."""
@@ -111,7 +123,8 @@ def run_command(images: str, out: str, vq: str | None, vq_weights: str | None, v
         raise ConfigError(f"--resume: {out} has no {SETTINGS}, so there is nothing to resume; drop --resume")
     spec = tokenizer_spec(vq, vq_weights, vq_arg, model, weights, random_weights, seed)
     opts = TokenizeOptions(augment=augment, crop_range=crop_range, resize=resize, features=features,
-                           batch_size=batch_size, workers=workers, shard_size=shard_size)
+                           batch_size=batch_size, workers=workers, shard_size=shard_size,
+                           output_format=output_format, max_bytes=max_bytes, confirm_features=confirm_features)
     s = tokenize_dataset(images, out, spec, options=opts, image_size=image_size, precision=precision, device=device,
                          input_type=input_type, image_key=image_key, caption_key=caption_key, progress=not quiet,
                          command=_command_line(), echo=click.echo)
@@ -121,10 +134,10 @@ def run_command(images: str, out: str, vq: str | None, vq_weights: str | None, v
     if s.manifest is not None:
         m = json.loads(s.manifest.read_text())
         c = m["counts"]
-        size = sum((s.out / sh["tokens_file"]).stat().st_size for sh in m["shards"])
+        size = sum((s.out / v).stat().st_size for sh in m["shards"] for k, v in sh.items() if k.endswith("_file"))
         click.echo(f"manifest: {s.manifest} ({c['images']} images x {m['augment']['variants']} views x "
-                   f"{m['tokens_per_image']} tokens, {m['dtype']}, {c['skipped']} skipped, {c['shards']} shard(s), "
-                   f"{size / max(c['images'], 1):.0f} bytes/image)")
+                   f"{m['tokens_per_image']} tokens, {m['dtype']}, {m['output_format']} format, {c['skipped']} "
+                   f"skipped, {c['shards']} shard(s), {size / max(c['images'], 1):.0f} bytes/image on disk)")
     elif s.world > 1:
         click.echo(f"rank {s.rank}/{s.world}: other ranks still running; the last to finish writes the manifest")
 

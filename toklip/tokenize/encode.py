@@ -2,11 +2,15 @@
 (recorded in the manifest, so ``verify`` decodes with the same weights), and batched encoding.
 
 Precision. ``fp32`` runs everything in float32. ``bf16`` runs the VQ *encoder* under bf16 autocast (with
-``channels_last`` on GPU) and the nearest-code search in float32: bf16 distances flip near-ties (about 8 % of the
+``channels_last``) and the nearest-code search in float32: bf16 distances flip near-ties (about 8 % of the
 indices of the full-size LlamaGen VQ), fp32 distances on a bf16 latent keep nearly all of them. The split needs
 the VQ's latent -> indices step: LlamaGen's ``quantize``, or any VQ with ``encode_latent(images) -> latent`` and
 ``quantize_latent(latent) -> indices`` methods. A VQ without them runs in fp32 (with a warning), never silently
 in bf16 distances.
+
+On CPU, bf16 is fast only where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN emulates it
+and it is several times *slower* than fp32 (a warning says so). ``winograd`` is the CPU mode for those CPUs: fp32
+throughout, with the large 3x3 encoder convolutions done by Winograd's algorithm (:mod:`toklip.tokenize.fastconv`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from torch import Tensor, nn
 from toklip.core.errors import ConfigError
 
 log = logging.getLogger("toklip")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "winograd")
 
 
 @dataclass
@@ -52,6 +56,14 @@ def state_dict_sha256(module: nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN computes bf16 natively on this CPU (AVX512-BF16 / AMX) rather than emulating it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -89,8 +101,26 @@ class Tokenizer:
             warnings.warn(f"{spec.name}: this VQ has no encode_latent/quantize_latent split, so bf16 would compute "
                           "the codebook distances in bf16 too; encoding in fp32 instead", stacklevel=2)
             self.precision = "fp32"
-        if device.type == "cuda":
+        if self.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn("this CPU has no native bf16 (AVX512-BF16 or AMX): oneDNN emulates bf16 convolutions, "
+                          "which makes --dtype bf16 several times slower than fp32 here; --dtype winograd is the "
+                          "fast CPU mode", stacklevel=2)
+        if self.precision == "winograd":
+            self._use_winograd()
+        self.channels_last = self.precision == "bf16" or (device.type == "cuda" and self.precision == "fp32")
+        if self.channels_last:  # oneDNN's bf16 convolutions are ~25x slower on NCHW than on NHWC tensors
             self.vq.to(memory_format=torch.channels_last)
+
+    def _use_winograd(self) -> None:
+        from toklip.tokenize.fastconv import nnpack_works, use_winograd
+
+        if self.device.type != "cpu":
+            raise ConfigError("--dtype winograd is a CPU mode; on a GPU use --dtype bf16 (or fp32)")
+        switched = use_winograd(getattr(self.vq, "encoder", self.vq)) if nnpack_works() else 0
+        if not switched:
+            warnings.warn(f"{self.spec.name}: NNPACK's Winograd convolution is unavailable here (or the encoder "
+                          "has no eligible 3x3 convolution); encoding in plain fp32", stacklevel=3)
+            self.precision = "fp32"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -100,6 +130,8 @@ class Tokenizer:
     def describe_precision(self) -> dict[str, str]:
         if self.precision == "bf16":
             return {"encoder": "bf16 autocast", "distances": "fp32"}
+        if self.precision == "winograd":
+            return {"encoder": "fp32, Winograd 3x3 convolutions (NNPACK)", "distances": "fp32"}
         return {"encoder": "fp32", "distances": "fp32"}
 
     def _autocast(self) -> Any:
@@ -111,10 +143,10 @@ class Tokenizer:
         from toklip.layers.vq import check_images
 
         images = images.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         b = images.shape[0]
-        if self.precision == "fp32" or self._split is None:
+        if self.precision != "bf16" or self._split is None:
             return self.vq.encode(images).indices.reshape(b, -1)
         to_latent, quantize = self._split
         check_images(images, downsample=self.downsample)
@@ -126,10 +158,18 @@ class Tokenizer:
     @torch.inference_mode()
     def pooled(self, indices: Tensor) -> Tensor:
         """indices ``[B, N]`` -> the model's pooled embedding ``[B, D]`` (needs ``--model``)."""
+        return self.features(indices, ("pooled",))["pooled"]
+
+    @torch.inference_mode()
+    def features(self, indices: Tensor, wanted: tuple[str, ...]) -> dict[str, Tensor]:
+        """indices ``[B, N]`` -> the model's ``pooled`` embedding ``[B, D]`` and/or its per-token ``tokens``
+        features ``[B, N, D]`` (float32), from one pass of the semantic path (needs ``--model``)."""
         if self.model is None:
-            raise ConfigError("--features pooled needs a TokLIP model (--model), not a bare VQ (--vq)")
+            raise ConfigError(f"--features {','.join(wanted)} needs a TokLIP model (--model), not a bare VQ (--vq)")
         with self._autocast():
-            return self.model.tokenize_indices(indices).pooled.float()
+            out = self.model.tokenize_indices(indices)
+        by_name = {"pooled": out.pooled, "tokens": out.features}
+        return {name: by_name[name].float() for name in wanted}
 
     @torch.inference_mode()
     def decode(self, indices: Tensor) -> Tensor:
