@@ -47,3 +47,10 @@ def test_hookimpl_and_testing_kit_stay_where_the_docs_say():
 
     assert toklip.hookimpl is importlib.import_module("toklip.core.hookspecs").hookimpl
     assert hasattr(toklip.testing, "plugin_host")
+
+
+def test_data_is_a_lazy_attribute_of_toklip():
+    code = ("import sys, toklip; assert 'torch' not in sys.modules; "
+            "print(toklip.data.TokenDataset.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "TokenDataset", out.stderr

@@ -26,6 +26,7 @@ from toklip.core.host import get_host, get_spec, list_components, temp_plugin, u
 from toklip.core.runtime import register, unregister
 
 _LAZY = {
+    "data": "toklip.data",  # toklip.data.TokenDataset after a plain `import toklip`
     "build": "toklip.model.factory:build",
     "list_presets": "toklip.model.factory:list_presets",
     "load": "toklip.model.loading:load",

@@ -9,14 +9,16 @@ from typing import Any
 
 
 def lazy_getattr(module_name: str, table: Mapping[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` resolving ``table[name] = "module:attr"`` on first use and caching the result."""
+    """A module ``__getattr__`` resolving ``table[name] = "module:attr"`` (or ``"package.module"`` for a whole
+    submodule) on first use and caching the result."""
 
     def __getattr__(name: str) -> Any:
         target = table.get(name)
         if target is None:
             raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
         source, _, attr = target.partition(":")
-        value = getattr(importlib.import_module(source), attr)
+        module = importlib.import_module(source)
+        value = getattr(module, attr) if attr else module
         setattr(sys.modules[module_name], name, value)
         return value
 
