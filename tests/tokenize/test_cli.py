@@ -36,7 +36,7 @@ def test_verify_decodes_a_grid_and_reproduces_the_indices(tokenized):
     out, _ = tokenized
     res = CliRunner().invoke(cli, ["tokenize", "verify", str(out), "--n", "3", "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
-    r = json.loads(res.output)
+    r = json.loads(res.stdout)
     assert r["samples"] == 3 and r["reencoded_index_match"] == 1.0
     from PIL import Image
 
@@ -55,7 +55,7 @@ def test_stats_reports_usage_and_writes_the_histogram(tokenized):
     out, _ = tokenized
     res = CliRunner().invoke(cli, ["tokenize", "stats", str(out), "--json"])
     assert res.exit_code == 0, res.output
-    r = json.loads(res.output)
+    r = json.loads(res.stdout)
     assert r["tokens"] == 6 * 2 * 16 and r["vocab_size"] == 1024 and 0 < r["used"] <= 192
     assert r["perplexity"] <= r["used"] and (out / "code_usage.png").stat().st_size > 0
 
