@@ -47,10 +47,17 @@ class TokenEncoder(Protocol):
     width: int
     embed_dim: int
     num_tokens: int
+    grid: tuple[int, int]
 
     def forward_features(self, tokens: Tensor, *, causal: bool) -> Tensor: ...  # [B,N,D] -> [B,N,D]
 
+    def token_features(self, features: Tensor) -> Tensor: ...  # per-token features the model returns [B,N,D]
+
     def pool(self, features: Tensor) -> Tensor: ...  # [B,N,D] -> [B,E]
+
+    def set_attn_backend(self, name: str) -> None: ...
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None: ...
 
 
 @runtime_checkable
@@ -64,6 +71,13 @@ class SemanticEncoder(Protocol):
     std: tuple[float, float, float]
     init_logit_scale: float
     init_logit_bias: float | None
+    context_length: int | None  # text tower's token count (None without a text tower)
+    vocab_size: int | None  # text tokenizer's vocabulary (None without a text tower)
+
+    @property
+    def grid(self) -> tuple[int, int]: ...  # the vision tower's patch grid at its native size
+
+    def logit_init(self) -> tuple[float, float | None]: ...  # (logit_scale, logit_bias), from weights if loaded
 
     def build_token_encoder(self, grid: tuple[int, int]) -> nn.Module: ...
 
@@ -72,6 +86,24 @@ class SemanticEncoder(Protocol):
     def build_tokenizer(self) -> Callable[[Sequence[str]], Tensor] | None: ...
 
     def build_teacher(self) -> nn.Module: ...  # images (encoder mean/std) -> [B, E]
+
+
+@runtime_checkable
+class Projector(Protocol):
+    """Code vectors / indices -> token embeddings of the encoder width (an ``nn.Module``); built as
+    ``factory(code_dim=, vocab_size=, width=, **kwargs)``."""
+
+    def forward(self, codes: Tensor, indices: Tensor, code_table: Tensor | None = None) -> Tensor: ...  # [B,N,D]
+
+
+@runtime_checkable
+class Fusion(Protocol):
+    """Joins low-level code embeddings and semantic features (an ``nn.Module``); built as
+    ``factory(low_dim=, high_dim=, out_dim=None, **kwargs)``."""
+
+    out_dim: int
+
+    def forward(self, low: Tensor, high: Tensor) -> Tensor: ...  # [B,N,low], [B,N,high] -> [B,N,out_dim]
 
 
 @dataclass(frozen=True)

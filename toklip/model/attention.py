@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,8 +24,10 @@ from toklip.core.host import get_host
 AUTO_PRIORITY = ("flash_attn", "sdpa", "eager")
 
 _local = threading.local()
-_instances: dict[tuple[int, str], Any] = {}
-_auto_cache: dict[tuple[Any, ...], str] = {}
+# Per plugin host, and dropped with it: a host's id can be reused by a new host after garbage collection, so
+# caches keyed by id() could hand one host's backend to another.
+_instances: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_auto_cache: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
 
 
 @contextmanager
@@ -41,12 +44,11 @@ def attention_backend(name: str) -> Iterator[None]:
 
 def backend_instance(name: str) -> Any:
     host = get_host()
-    key = (id(host), name)
-    if key not in _instances:
+    instances = _instances.setdefault(host, {})
+    if name not in instances:
         spec = host.get("attn_backend", name)
-        _instances[key] = spec.create()
-        _instances[(id(host), spec.name)] = _instances[key]
-    return _instances[key]
+        instances[name] = instances.setdefault(spec.name, spec.create())
+    return instances[name]
 
 
 def requested_backend(configured: str) -> str:
@@ -57,19 +59,20 @@ def requested_backend(configured: str) -> str:
 
 
 def _auto(q: Tensor, causal: bool, has_mask: bool) -> str:
-    key = (id(get_host()), q.device.type, q.dtype, q.shape[-1], causal, has_mask)
-    if key not in _auto_cache:
+    cache = _auto_cache.setdefault(get_host(), {})
+    key = (q.device.type, q.dtype, q.shape[-1], causal, has_mask)
+    if key not in cache:
         for name in AUTO_PRIORITY:
             try:
                 backend = backend_instance(name)
             except (MissingDependencyError, UnknownComponentError):
                 continue
             if backend.supports(q, causal=causal, has_mask=has_mask) is None:
-                _auto_cache[key] = name
+                cache[key] = name
                 break
         else:  # pragma: no cover - eager supports everything
-            _auto_cache[key] = "eager"
-    return _auto_cache[key]
+            cache[key] = "eager"
+    return cache[key]
 
 
 def run_attention(

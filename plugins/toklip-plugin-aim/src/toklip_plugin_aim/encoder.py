@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from toklip.core.errors import ConfigError
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from open_clip.constants import OPENAI_DATASET_MEAN as OPENAI_CLIP_MEAN  # the one copy: open_clip's
+from open_clip.constants import OPENAI_DATASET_STD as OPENAI_CLIP_STD
 
 TINY = {"timm": "aimv2_large_patch14_224", "image_size": 56, "patch_size": 7,
         "overrides": {"embed_dim": 64, "depth": 2, "num_heads": 4}}
