@@ -123,7 +123,7 @@ def build(
     from toklip.model.loading import load_weights
 
     if pretrained is True:
-        release = _preset_release(preset)
+        release = preset_release(preset)
         if release is not None:
             return load_weights(cfg, release, device=device, dtype=dtype)
         for ref in (cfg.vq, cfg.encoder):  # no release: each component's published weights
@@ -148,7 +148,7 @@ def _spec(kind: str, ref: ComponentRef | str) -> ComponentSpec:
     return spec
 
 
-def _preset_release(preset: Any) -> Path | None:
+def preset_release(preset: Any) -> Path | None:
     """The official release file of a preset named by ``preset`` (None for compositions and configs)."""
     if not isinstance(preset, str) or Path(preset).expanduser().exists():
         return None

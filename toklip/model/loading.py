@@ -74,7 +74,11 @@ def load(
     elif src.kind == "preset":
         cfg = resolve_config(src.config)
         if weights_path is None and not random_weights:
-            weights_path = _preset_release(str(src.config))
+            from toklip.model.factory import preset_release
+
+            weights_path = preset_release(str(src.config))
+            if weights_path is None:
+                log.warning("preset %s has no released weights: random init", src.config)
     if config is not None:
         if src.kind != "checkpoint":
             raise ConfigError("config= describes the architecture of a checkpoint file; this source has its own")
@@ -137,17 +141,6 @@ def check_size(cfg: TokLIPConfig, max_params: int = MAX_RANDOM_INIT_PARAMS) -> i
             "a mistyped size (embed_dim, width, depth)? Pass max_params= to build it deliberately"
         )
     return n
-
-
-def _preset_release(name: str) -> Path | None:
-    from toklip.core.host import get_host
-    from toklip.weights.hub import resolve_weights
-
-    spec = get_host().get("preset", name)
-    if not spec.pretrained:
-        log.warning("preset %s has no released weights: random init", spec.name)
-        return None
-    return Path(resolve_weights(spec, True))
 
 
 def _local_file(value: str | Path, what: str) -> Path:
