@@ -36,10 +36,6 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    return atomic_write(path, lambda p: p.write_bytes(data))
-
-
 MAX_CONFIG_BYTES = 16 << 20  # configs, presets and manifests are small; anything larger is not one
 
 
