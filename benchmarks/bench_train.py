@@ -166,7 +166,7 @@ def measure(config: str, variant: str, batch: int, device: torch.device, warmup:
         "losses": losses, "loss": sum(losses.values()), "times": times,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "params": sum(p.numel() for p in model.parameters()),
-        "teacher_params": sum(p.numel() for p in trainer.teacher.parameters()) if trainer.teacher else 0,
+        "teacher_params": sum(p.numel() for p in trainer.task.teacher.parameters()) if trainer.task.teacher else 0,
         "image_size": model.image_size,
     }
     if cuda:

@@ -13,7 +13,7 @@ import torch
 
 import toklip
 from toklip.weights import read_checkpoint
-from toklip.errors import CheckpointError, InputError
+from toklip.core.errors import CheckpointError, InputError
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import toklip
-from toklip.preprocess import preprocess
+from toklip.data.preprocess import preprocess
 
 FIX = "official-toklip"
 

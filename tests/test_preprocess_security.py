@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import EpsImagePlugin, Image
 
-import toklip.preprocess as pp
-from toklip.errors import InputError
-from toklip.preprocess import (
+import toklip.data.preprocess as pp
+from toklip.core.errors import InputError
+from toklip.data.preprocess import (
     ALLOWED_FORMATS,
     EXACT_MAX_ASPECT,
     MAX_ASPECT_RATIO,
@@ -79,7 +79,7 @@ def test_eps_is_refused_without_touching_ghostscript(no_ghostscript, tmp_path):
 
 
 def test_training_data_uses_the_same_allowlist(no_ghostscript, tmp_path):
-    from toklip.train.data import decode_image
+    from toklip.data.sources import decode_image
 
     path = tmp_path / "x.jpg"
     path.write_bytes(EPS)

@@ -35,7 +35,7 @@ _LAZY = {
     "TokLIP": "toklip.model.toklip:TokLIP",
     "TokLIPConfig": "toklip.model.config:TokLIPConfig",
     "TokenizeOutput": "toklip.model.toklip:TokenizeOutput",
-    "attention_backend": "toklip.model.attention:attention_backend",
+    "attention_backend": "toklip.layers.attention:attention_backend",
 }
 
 __all__ = [
@@ -67,7 +67,7 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from toklip.model.attention import attention_backend
+    from toklip.layers.attention import attention_backend
     from toklip.model.factory import build, list_presets
     from toklip.model.loading import from_pretrained, load, load_official
     from toklip.model.config import TokLIPConfig

@@ -1,5 +1,5 @@
-"""Moved to ``toklip.model.attention``."""
+"""Moved to :mod:`toklip.layers.attention`."""
 
 from toklip.core.compat import moved_module
 
-moved_module(__name__, "toklip.model.attention", warn=False)
+moved_module(__name__, "toklip.layers.attention", warn=True)

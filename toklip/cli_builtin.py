@@ -2,4 +2,4 @@
 
 from toklip.core.compat import moved_module
 
-moved_module(__name__, "toklip.cli.builtin", warn=False)
+moved_module(__name__, "toklip.cli.builtin", warn=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toklip.core.errors import InputError
+from toklip import InputError
 from toklip_kernels.attention import attention_reference, flash_attention
 from toklip_kernels.attention.reference import attention_mask
 

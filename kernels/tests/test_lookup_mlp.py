@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toklip.core.errors import ConfigError, InputError
+from toklip import ConfigError, InputError
 from toklip_kernels.lookup_mlp import (
     choose_strategy,
     codebook_mlp_reference,

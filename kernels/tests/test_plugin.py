@@ -13,8 +13,8 @@ import torch
 from click.testing import CliRunner
 
 import toklip
-from toklip.model.attention import run_attention
-from toklip.core.errors import InputError
+from toklip.layers.attention import run_attention
+from toklip import InputError
 from toklip.core.host import PluginHost
 from toklip.testing.conformance import check_attn_backend
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import toklip
-from toklip.builtin.projectors import MLPProjector
-from toklip.core.errors import ConfigError, InputError
+from toklip.layers import MLPProjector
+from toklip import ConfigError, InputError
 from toklip_kernels.lookup_mlp.projector import FusedMLPProjector
 
 pytestmark = pytest.mark.triton_interpret
@@ -134,10 +134,15 @@ def test_unknown_strategy():
         FusedMLPProjector(C, V, W, strategy="turbo")
 
 
-def test_registered_and_conforms():
-    from toklip.testing.conformance import check_projector
-
+def test_registered_by_the_kernels_plugin():  # conformance: tests/test_contract.py (toklip's kit)
     spec = toklip.get_spec("projector", "mlp-fused-test")
     assert spec.provider is not None and spec.provider.plugin == "kernels"
-    check_projector("mlp-fused-test")
-    check_projector("mlp-fused")
+
+
+def test_is_the_builtin_mlp_projector_so_checkpoints_interchange():
+    from toklip.layers import MLPProjector
+
+    fused = FusedMLPProjector(C, V, W)
+    assert isinstance(fused, MLPProjector)
+    plain = MLPProjector(C, V, W)
+    plain.load_state_dict(fused.state_dict(), strict=True)

@@ -364,7 +364,7 @@ def test_decoder_exception_text_is_logged_not_sent(http):
 
 
 def test_internal_errors_do_not_leak_their_text(reference, caplog):
-    from toklip.errors import ConfigError
+    from toklip.core.errors import ConfigError
     from toklip.serve.app import create_app
     from toklip.serve.engine import Engine
     from toklip.serve.settings import ServeSettings

@@ -12,9 +12,9 @@ from PIL import Image
 
 from tests.serve import media
 from tests.serve.conftest import API_KEY
-from toklip.client import APIError, Client
-from toklip.errors import InputError
-from toklip.preprocess import preprocess
+from toklip.serve.client import APIError, Client
+from toklip.core.errors import InputError
+from toklip.data.preprocess import preprocess
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ def _queue_depth(client: httpx.Client) -> float:
     raise AssertionError("no toklip_queue_depth in /metrics")
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_requests():
     """A request held in the batch window when SIGTERM arrives is still answered 200; then the process exits."""
     proc = ServerProcess(["--model", "toklip-test", "--max-wait-ms", "3000", "--max-batch", "64",

@@ -48,6 +48,8 @@ def test_body_size_limit_declared_and_streamed(limited_http):
     big = os.urandom(300_000)  # limit is 256 KiB
     r = limited_http.post("/v1/tokenize", content=big, headers={"Content-Type": "image/png"})
     assert "262,144" in _error(r, 413, "body_too_large")
+    # its body is never read, so the connection closes (else those bytes would be parsed as the next request)
+    assert r.headers.get("connection") == "close"
 
     def chunks():  # no Content-Length: the server counts as the body arrives
         yield big[:100_000]
@@ -55,6 +57,7 @@ def test_body_size_limit_declared_and_streamed(limited_http):
 
     r = limited_http.post("/v1/tokenize", content=chunks(), headers={"Content-Type": "image/png"})
     _error(r, 413, "body_too_large")
+    assert r.headers.get("connection") == "close"
 
 
 def test_items_per_request_limit(limited_http):

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.numpy import load as load_safetensors
 
 from tests.serve import media
-from toklip.preprocess import preprocess
+from toklip.data.preprocess import preprocess
 
 IMAGES = [media.png(media.noise(seed=s)) for s in range(3)]
 

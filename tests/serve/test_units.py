@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import toklip
-from toklip.errors import ConfigError, InputError, UnknownComponentError
+from toklip.core.errors import ConfigError, InputError, UnknownComponentError
 from toklip.serve.batcher import Batcher, QueueFull, ShuttingDown
 from toklip.serve.errors import APIError
 from toklip.serve.inputs import decode_base64, indices_from_json, read_index_file
-from toklip.loading import load_model, resolve_device, resolve_dtype
+from toklip.model.loading import load_model, resolve_device, resolve_dtype
 from toklip.serve.metrics import Metrics
 from toklip.serve.middleware import LimitsMiddleware
 from toklip.serve.settings import ServeSettings

@@ -12,7 +12,7 @@ import torch
 import toklip
 from toklip.core.errors import ConfigError
 from toklip.data.token_dataset import TokenDataset
-from toklip.tokenize.encode import state_dict_sha256
+from toklip.weights.identity import state_dict_sha256
 from toklip.tokenize.writer import token_dtype
 
 from .conftest import (
@@ -92,7 +92,7 @@ def test_a_plain_image_folder_has_neither_labels_nor_captions(tmp_path):
 
 def test_round_trip_equals_direct_encode_then_decode(tmp_path):
     """tokenize -> TokenDataset -> decode gives the images that encode -> decode of the model's own preprocess."""
-    from toklip.preprocess import preprocess
+    from toklip.data.preprocess import preprocess
 
     src = make_folder(tmp_path / "in", 3)
     run(src, tmp_path / "out", resize="shortest")
@@ -125,7 +125,7 @@ def test_augmentations_store_every_view(tmp_path, augment, views):
 
 def test_flip_view_is_the_encoding_of_the_mirrored_image(tmp_path):
     from toklip.tokenize.augment import adm_center_crop, to_model_range
-    from toklip.preprocess import load_image
+    from toklip.data.preprocess import load_image
 
     src = make_class_folders(tmp_path / "in", per_class=1, classes=("a",))
     run(src, tmp_path / "out", augment="flip")

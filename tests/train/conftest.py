@@ -211,7 +211,7 @@ def stop_after_checkpoint(step: int):
 
 
 def isolated():
-    from toklip.plugins import PluginHost, use_host
+    from toklip.core.host import PluginHost, use_host
 
     return use_host(PluginHost(autoload=False, strict=True))
 

@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("webdataset", reason="training needs the train extra: pip install 'toklip[train]'")
 
 import toklip  # noqa: E402
-from toklip.errors import CheckpointError  # noqa: E402
+from toklip.core.errors import CheckpointError  # noqa: E402
 from toklip.train import checkpoint as ckpt  # noqa: E402
 from toklip.train.trainer import Trainer  # noqa: E402
 
@@ -202,7 +202,7 @@ def test_resume_with_another_number_of_loader_workers_restarts_the_epoch_for_eve
 
 def test_a_fresh_run_refuses_a_folder_with_an_earlier_runs_checkpoints(reference, tmp_path):
     """Its higher step_* names would outrank the new run's checkpoints (pruning, resume): continue or move."""
-    from toklip.errors import ConfigError
+    from toklip.core.errors import ConfigError
     from toklip.train.trainer import Trainer
 
     from .conftest import base_overrides, isolated, load_config

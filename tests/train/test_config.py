@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from toklip.cli import cli
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 from toklip.train.config import TrainConfig, apply_override, parse_value
 
 STEPS = ["train.steps=5"]

@@ -10,20 +10,10 @@ import pytest
 
 pytest.importorskip("webdataset", reason="training needs the train extra: pip install 'toklip[train]'")
 
-from toklip.errors import TokLIPError  # noqa: E402
+from toklip.core.errors import TokLIPError  # noqa: E402
 from toklip.train.config import DataConfig  # noqa: E402
-from toklip.train.data import (  # noqa: E402
-    BatchStream,
-    DataError,
-    DataPosition,
-    ListSource,
-    Part,
-    RawSample,
-    WebDatasetSource,
-    iter_batches,
-    make_loader,
-    open_source,
-)
+from toklip.data.sources import DataError, ListSource, Part, RawSample, WebDatasetSource, open_source  # noqa: E402
+from toklip.train.data import BatchStream, DataPosition, ImageText, iter_batches, make_loader  # noqa: E402
 
 from .conftest import (  # noqa: E402
     caption_index,
@@ -35,8 +25,9 @@ from .conftest import (  # noqa: E402
 
 
 def stream_of(source, *, batch_size=4, workers=0, seed=0, shuffle=True, rank=0, world=1, max_pixels=None):
-    return BatchStream(source, batch_size=batch_size, image_size=16, tokenizer=simple_tokenizer, rank=rank,
-                       world=world, workers=workers, seed=seed, shuffle=shuffle, max_pixels=max_pixels)
+    samples = ImageText(image_size=16, tokenizer=simple_tokenizer, max_pixels=max_pixels)
+    return BatchStream(source, batch_size=batch_size, decode=samples.decode, collate=samples.collate, rank=rank,
+                       world=world, workers=workers, seed=seed, shuffle=shuffle)
 
 
 def take(stream, n):

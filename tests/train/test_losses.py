@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 from toklip.train.losses import LOGIT_SCALE_MAX, LossConfig, TokLIPLoss, clamp_logit_scale, match_token_grid
 
 

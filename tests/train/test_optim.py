@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import toklip
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 from toklip.train.config import OptimConfig
 from toklip.train.losses import TokLIPLoss
 from toklip.train.optim import Schedule, build_optimizer, excluded_from_decay, lr_at, param_groups
 from toklip.train.step import StudentForward
-from toklip.train.trainer import prepare_for_training
+from toklip.train.toklip_task import prepare_for_training
 
 
 @pytest.fixture(scope="module")

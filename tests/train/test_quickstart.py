@@ -32,7 +32,7 @@ class JumpingClock:
 def quickstart_dir(tmp_path_factory):
     """One smoke run, on a clock that jumps an hour per reading (the slowest machine there is). It takes longer
     than a few seconds, so the tests that use it are marked slow."""
-    from toklip.plugins import PluginHost, use_host
+    from toklip.core.host import PluginHost, use_host
 
     out = tmp_path_factory.mktemp("quickstart")
     clock = JumpingClock()
@@ -117,7 +117,7 @@ def test_quality_failures_name_each_stage_below_its_floor_and_what_it_reached():
 
 @pytest.mark.slow
 def test_a_stage_below_its_floor_fails_the_command_loudly_and_still_writes_the_report(quickstart_dir, monkeypatch):
-    from toklip.plugins import PluginHost, use_host
+    from toklip.core.host import PluginHost, use_host
 
     out = quickstart_dir[0]
     real_evaluate = Q.evaluate

@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("webdataset", reason="training needs the train extra: pip install 'toklip[train]'")
 
-from toklip.errors import CheckpointError, ConfigError  # noqa: E402
+from toklip.core.errors import CheckpointError, ConfigError  # noqa: E402
 from toklip.train import checkpoint as ckpt  # noqa: E402
 from toklip.train import metrics_log  # noqa: E402
 from toklip.train.trainer import Trainer  # noqa: E402

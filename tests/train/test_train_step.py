@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 import toklip
 from toklip.weights.official import official_to_toklip_key
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 from toklip.train.losses import LossConfig, TokLIPLoss
 from toklip.train.step import StudentForward
-from toklip.train.trainer import prepare_for_training
+from toklip.train.toklip_task import prepare_for_training
 
 FIX = "official-toklip"
 GRAD = "train_step.grad."

@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from toklip.builtin.openclip_base import CLIP_BPE, OpenCLIPEncoderBase, timm_vit
+from toklip.builtin.openclip_base import CLIP_BPE, OpenCLIPEncoderBase
+from toklip.layers.vit_adapter import timm_vit
 from toklip.core.errors import ConfigError
 
 from open_clip.constants import OPENAI_DATASET_MEAN as OPENAI_CLIP_MEAN  # the one copy: open_clip's

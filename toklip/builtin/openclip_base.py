@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from toklip.core.errors import ConfigError, InputError, WeightsNotFoundError
@@ -139,7 +138,7 @@ class OpenCLIPEncoderBase:
         raise NotImplementedError
 
     def build_token_encoder(self, grid: tuple[int, int]) -> nn.Module:
-        from toklip.model.token_encoder import token_encoder_from_timm
+        from toklip.layers.vit_adapter import token_encoder_from_timm
 
         vit = self.build_vit()
         self.load_visual(vit)
@@ -227,17 +226,3 @@ def check_tokenizer_name(name: str) -> None:
         f"encoder.tokenizer={name!r}: a tokenizer is {CLIP_BPE!r} or a Hugging Face hub repo id ('owner/name'), "
         "not a path; to use a local tokenizer, pass token ids to encode_text or set model.tokenizer in code"
     )
-
-
-def timm_vit(timm_name: str, *, img_size: int, pool: str, overrides: Mapping[str, Any]) -> nn.Module:
-    """A timm VisionTransformer with toklip's backend-routed attention and no classifier."""
-    import timm
-
-    from toklip.model.attention import BackendAttention
-
-    kwargs = {"pretrained": False, "num_classes": 0, "img_size": img_size, "attn_layer": BackendAttention}
-    if pool:
-        kwargs["global_pool"] = pool
-    kwargs.update(overrides)
-    return timm.create_model(timm_name, **kwargs)
-

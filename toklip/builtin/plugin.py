@@ -102,9 +102,9 @@ def register_encoders(register):  # type: ignore[no-untyped-def]
 
 @hookimpl
 def register_projectors(register):  # type: ignore[no-untyped-def]
-    register("mlp", "toklip.builtin.projectors:MLPProjector",
+    register("mlp", "toklip.layers.projector:MLPProjector",
              summary="code vector -> Linear(c, 4D) -> exact GELU -> Linear(4D, D) (TokLIP's vq_table/vq_mapping)")
-    register("mlp-test", "toklip.builtin.projectors:MLPProjector", defaults={"hidden": 32},
+    register("mlp-test", "toklip.layers.projector:MLPProjector", defaults={"hidden": 32},
              summary="the mlp projector with a small hidden layer")
     register("codebook", "toklip.builtin.projectors:CodebookProjector",
              summary="one learned D-dim row per code index (refuses codebooks whose table exceeds max_bytes)")
@@ -142,6 +142,24 @@ def register_fusions(register):  # type: ignore[no-untyped-def]
              summary="(1 - a) * low + a * high with a learnable a = sigmoid(w), w initialised to 0")
     register("concat", "toklip.builtin.fusions:ConcatFusion", aliases=("concat-test",),
              summary="Linear(concat(low, high)) -> out_dim")
+
+
+@hookimpl
+def register_generators(register):  # type: ignore[no-untyped-def]
+    from toklip.gen import GENERATORS  # torch-free: names and "module:attr" strings
+
+    for name, (factory, summary) in GENERATORS.items():
+        register(name, factory, summary=summary)
+
+
+@hookimpl
+def register_vlm_projectors(register):  # type: ignore[no-untyped-def]
+    register("mlp2x_gelu", "toklip.vlm.projectors:mlp_gelu", aliases=("mlp2x_gelu-test",), defaults={"depth": 2},
+             summary="LLaVA-1.5's projector: Linear(D, H) -> GELU -> Linear(H, H)")
+    register("mlp3x_gelu", "toklip.vlm.projectors:mlp_gelu", aliases=("mlp3x_gelu-test",), defaults={"depth": 3},
+             summary="Linear(D, H), then twice GELU -> Linear(H, H)")
+    register("linear", "toklip.vlm.projectors:linear", aliases=("linear-test",),
+             summary="LLaVA-1's projector: one Linear(D, H)")
 
 
 @hookimpl

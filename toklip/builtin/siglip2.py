@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from toklip.builtin.openclip_base import CLIP_BPE, OpenCLIPEncoderBase, timm_vit
+from toklip.builtin.openclip_base import CLIP_BPE, OpenCLIPEncoderBase
+from toklip.layers.vit_adapter import timm_vit
 
 TINY_TEXT = {
     "context_length": 16, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2, "mlp_ratio": 3.7362,

@@ -155,7 +155,7 @@ def doctor_command() -> None:
     if cuda:
         major, minor = torch.cuda.get_device_capability(0)
         click.echo(f"capability  sm_{major}{minor}; CUDA {torch.version.cuda}")
-    from toklip.model.attention import AUTO_PRIORITY, backend_instance
+    from toklip.layers.attention import AUTO_PRIORITY, backend_instance
     from toklip.core.host import get_host
 
     click.echo("\nattention backends (auto priority: " + " > ".join(AUTO_PRIORITY) + "):")

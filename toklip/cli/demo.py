@@ -13,13 +13,6 @@ def bundled_image() -> Path:
     return Path(str(importlib.resources.files("toklip").joinpath("data/demo.png")))
 
 
-def psnr(a, b) -> float:  # type: ignore[no-untyped-def]
-    import torch
-
-    mse = torch.mean(((a.float() - b.float()) / 2) ** 2).item()
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
-
-
 @click.command("demo")
 @click.option("--preset", default="toklip-test", show_default=True, help="preset or config.json to build")
 @click.option("--image", "image_path", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -33,7 +26,8 @@ def demo(preset: str, image_path: str | None, weights: str | None, out_dir: str 
     import torch
 
     import toklip
-    from toklip.preprocess import load_image, to_pil
+    from toklip.data.preprocess import load_image, to_pil
+    from toklip.metrics.image import mean_psnr
 
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -79,7 +73,7 @@ def demo(preset: str, image_path: str | None, weights: str | None, out_dir: str 
     click.echo(f"  codes    {list(out.codes.shape)} (l2-normalised code vectors)")
     click.echo(f"  features {list(out.features.shape)} per-token semantic features ({model.attention_mode.name})")
     click.echo(f"  pooled   {list(out.pooled.shape)} image embedding, norm {out.pooled.norm(dim=-1).item():.3f}")
-    click.echo(f"decode     {list(recon.shape)}, PSNR vs input {psnr(recon, images):.2f} dB")
+    click.echo(f"decode     {list(recon.shape)}, PSNR vs input {mean_psnr(recon, images):.2f} dB")
     if sims is not None:
         click.echo("text       cosine similarity of the image to:")
         for t, s in zip(text, sims.tolist()):

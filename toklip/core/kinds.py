@@ -92,6 +92,28 @@ The factory is called as ``factory(low_dim=, high_dim=, out_dim=None, **kwargs)`
 ``forward(low [B,N,low_dim], high [B,N,high_dim]) -> [B,N,out_dim]``.""",
     ),
     Kind(
+        "generator", "register_generators", "generator", f"{_PROTOCOLS}:Generator",
+        f"{_CHECKS}:check_generator", None,
+        """Register autoregressive generators over image tokens (kind ``generator``): LlamaGen's GPT family, ...
+
+The factory is called with the spec's defaults merged with config overrides (``vocab_size``, ``block_size``,
+``num_classes``, ...) and returns a :class:`toklip.core.protocols.Generator`: an ``nn.Module`` with ``config``,
+``num_tokens``, ``model_type`` (``"c2i"`` or ``"t2i"``), teacher forcing ``forward(codes, cond) -> [B, N, vocab]``
+logits, ``embed_image_tokens(codes, extra=None)`` / ``start_image_stream(batch)`` (the input hook fused TokLIP
+inputs replace), ``new_cache`` / ``forward_cached`` for KV-cached decoding and ``sample(cond, ...)``.
+``toklip.build_generator`` wraps it with a tokenizer and a fusion. Register a tiny ``<name>-test`` too.""",
+    ),
+    Kind(
+        "vlm_projector", "register_vlm_projectors", "VLM projector", f"{_PROTOCOLS}:VLMProjector",
+        "toklip.vlm.projectors:check_vlm_projector", None,
+        """Register VLM projectors (kind ``vlm_projector``): per-token image features -> a language model's width.
+
+The factory is called as ``factory(in_dim=, out_dim=, **kwargs)`` (the feature width and the LLM's hidden size)
+and returns a :class:`toklip.core.protocols.VLMProjector`: an ``nn.Module`` whose ``forward(features)`` maps
+``[B, N, in_dim]`` to ``[B, N, out_dim]``. ``toklip.build_vlm(projector=NAME)`` builds it; LLaVA's ``mlp2x_gelu``
+and ``linear`` are builtin. Register a tiny ``<name>-test`` variant too.""",
+    ),
+    Kind(
         "preset", "register_presets", "preset", None, None, None,
         """Register presets (kind ``preset``): ``register(name, path_or_dict, ...)``, a full TokLIP config.
 

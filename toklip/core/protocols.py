@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
@@ -104,6 +104,31 @@ class Fusion(Protocol):
     out_dim: int
 
     def forward(self, low: Tensor, high: Tensor) -> Tensor: ...  # [B,N,low], [B,N,high] -> [B,N,out_dim]
+
+
+@runtime_checkable
+class VLMProjector(Protocol):
+    """Per-token image features -> a language model's hidden size (an ``nn.Module``); built as
+    ``factory(in_dim=, out_dim=, **kwargs)``."""
+
+    def forward(self, features: Tensor) -> Tensor: ...  # [B,N,in_dim] -> [B,N,out_dim]
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """An autoregressive model over image tokens (an ``nn.Module``), LlamaGen's interface."""
+
+    config: Any
+    model_type: str  # "c2i" | "t2i"
+    num_tokens: int
+
+    def forward(self, codes: Tensor, cond: Any) -> Tensor: ...  # teacher forcing -> [B, N, vocab] logits
+
+    def embed_image_tokens(self, codes: Tensor, extra: Any = None) -> Tensor: ...
+
+    def start_image_stream(self, batch_size: int) -> Any: ...
+
+    def sample(self, cond: Any, **options: Any) -> Tensor: ...  # -> codes [B, N] int64
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""Image-set readers beside training's (toklip.train.data): ImageNet-style class folders, JSONL files and plain
-image folders, plus :func:`open_images`, which recognises every layout toklip reads.
+"""More image-set layouts beside :mod:`toklip.data.sources` (WebDataset, CSV/TSV, captioned folders):
+ImageNet-style class folders, JSONL files and plain image folders, plus :func:`open_images`, which recognises
+every layout toklip reads.
 
-They produce the same ``ListSource`` of ``RawSample`` as the training readers (WebDataset, CSV/TSV, captioned
-folders, which are used as they are), so decoding, the decompression-bomb guard and skip counting are the
-training stream's own; the trainer can take these sources unchanged.
+They produce the same ``ListSource`` of ``RawSample``, so decoding, the decompression-bomb guard and skip
+counting are one implementation for training and ``toklip tokenize``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from toklip.core.errors import ConfigError
-from toklip.train.data import (
+from toklip.data.sources import (
     CAPTION_COLUMNS,
     CAPTION_EXTS,
     IMAGE_COLUMNS,

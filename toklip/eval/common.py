@@ -22,14 +22,9 @@ def load_model(model: str, *, weights: str | None = None, config: str | None = N
     checkpoint) and an official file of any size with its ``config`` (the fixture format)."""
     from toklip.model.loading import load_model as load_for_inference
 
-    path = Path(model).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "checkpoints").is_dir():
-        from toklip.train.checkpoint import find_checkpoint
+    from toklip.train.checkpoint import run_checkpoint
 
-        latest = find_checkpoint(path, "latest")  # a training run's out_dir: its newest finished checkpoint
-        if latest is None:
-            raise ConfigError(f"{path} is a training folder with no finished checkpoint yet")
-        model = str(latest)
+    model = str(run_checkpoint(model, marker="config.json"))  # a training run's out_dir: its newest checkpoint
     return load_for_inference(model, weights=weights, config=config, device=device or "auto", dtype="float32")
 
 
@@ -43,7 +38,7 @@ class ImageList(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, Tensor | None]:
-        from toklip.preprocess import preprocess
+        from toklip.data.preprocess import preprocess
 
         try:
             return i, preprocess(self.paths[i], self.size, resize_mode=self.resize_mode)

@@ -124,7 +124,7 @@ def _examples_png(originals: torch.Tensor, recons: list[torch.Tensor], path: Pat
     """One row per example image: the original, then each tokenizer's reconstruction."""
     from PIL import Image
 
-    from toklip.preprocess import to_pil
+    from toklip.data.preprocess import to_pil
 
     columns = [to_pil(originals)] + [to_pil(r) for r in recons]
     size = originals.shape[-1]

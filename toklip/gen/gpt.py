@@ -179,6 +179,7 @@ class GPT(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config, rate) for rate in rates)
         self.norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.image_inputs: nn.Module | None = None  # fused TokLIP inputs (toklip.gen.fused), set by build_generator
         # Derived, not a parameter: LlamaGen release files do not hold it. One copy per device, made on use.
         self._rope_tables = {"cpu": rope_2d_table(config.grid, config.head_dim, config.rope_base, config.cls_token_num)}
         self.init_weights()
@@ -218,16 +219,20 @@ class GPT(nn.Module):
     def embed_image_tokens(self, codes: Tensor, extra: Any = None) -> Tensor:
         """Image tokens ``[B, n]`` -> input embeddings ``[B, n, dim]``: the one place image tokens enter.
 
-        A fused generator overrides this (and ``start_image_stream``). ``extra`` is None for a whole
-        teacher-forced prefix (``codes`` = x_0 .. x_{n-1}); during sampling it is the state that
+        Plain LlamaGen: the token embedding. With ``image_inputs`` set (``toklip.build_generator(fusion=...)``),
+        ``fusion(E_tok[x_i], s_i)`` with a frozen causal TokLIP's features ``s_i`` (toklip.gen.fused). ``extra`` is
+        None for a whole teacher-forced prefix (``codes`` = x_0 .. x_{n-1}); during sampling it is the state that
         ``start_image_stream`` returned, and ``codes`` is the next token of each of the B real sequences, in
         order (never the CFG-doubled batch: the sampler duplicates the embedding)."""
-        return self.tok_embeddings(codes)
+        embeddings = self.tok_embeddings(codes)
+        if self.image_inputs is None:
+            return embeddings
+        return self.image_inputs(codes, embeddings, extra)
 
     def start_image_stream(self, batch_size: int) -> Any:
-        """Called once at the start of sampling; its result is passed to every ``embed_image_tokens`` call.
-        Plain LlamaGen has no per-sequence input state (None)."""
-        return None
+        """Called once at the start of sampling; its result is passed to every ``embed_image_tokens`` call (the
+        TokLIP feature stream of fused inputs; None for plain LlamaGen)."""
+        return None if self.image_inputs is None else self.image_inputs.start(batch_size)
 
     def embed_condition(self, cond: Tensor, *, drop: Tensor | None = None) -> Tensor:
         """Validated condition -> ``[B, cls_token_num, dim]``. In training mode conditions are dropped with

@@ -20,6 +20,11 @@ def psnr(preds: Tensor, target: Tensor) -> Tensor:
                                    reduction="none").float()
 
 
+def mean_psnr(images: Tensor, reference: Tensor) -> float:
+    """Mean per-image PSNR in dB of two [-1, 1] batches as saved to 8-bit PNGs (what reports and demos print)."""
+    return float(psnr(to_unit_range(images), to_unit_range(reference)).mean())
+
+
 def ssim(preds: Tensor, target: Tensor) -> Tensor:
     """Per-image SSIM (Gaussian window 11, sigma 1.5) of [0, 1] images ``[B, 3, H, W]`` -> ``[B]``."""
     from torchmetrics.functional.image import structural_similarity_index_measure

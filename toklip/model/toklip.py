@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,9 @@ from toklip.model.config import TokLIPConfig
 from toklip.core.errors import ConfigError, InputError
 from toklip.core.protocols import AttentionMode
 from toklip.layers.vq import check_images, check_indices
+
+if TYPE_CHECKING:  # pragma: no cover
+    from toklip.layers.streaming import IndexStream
 
 
 @dataclass
@@ -101,7 +104,7 @@ class TokLIP(nn.Module):
     def set_attn_backend(self, name: str) -> TokLIP:
         """Pick the attention implementation ('auto', 'sdpa', 'eager', 'flash_attn', 'triton', ...)."""
         if name != "auto":
-            from toklip.model.attention import backend_instance
+            from toklip.layers.attention import backend_instance
 
             backend_instance(name)
         self.token_encoder.set_attn_backend(name)
@@ -133,7 +136,7 @@ class TokLIP(nn.Module):
     # ----------------------------------------------------------------- images
     def preprocess(self, image: Any) -> Tensor:
         """PIL image, path, bytes, or HWC uint8 array -> [3, S, S] in [-1, 1] (the official eval transform)."""
-        from toklip.preprocess import preprocess
+        from toklip.data.preprocess import preprocess
 
         return preprocess(image, self.image_size, resize_mode=self.config.resize_mode)
 
@@ -183,6 +186,22 @@ class TokLIP(nn.Module):
             indices=indices, codes=codes, tokens=tokens,
             features=self.token_encoder.token_features(features), pooled=pooled, grid=self.grid,
         )
+
+    def stream(self, batch_size: int, *, layer: int | None = None, max_len: int | None = None) -> IndexStream:
+        """A KV-cached stream of causal features for autoregressive sampling: ``step(indices [B] or [B, k])`` ->
+        ``[B, k, D]``, equal to ``tokenize_indices(...).features`` rows, each token encoded once."""
+        if not self.causal:
+            raise ConfigError(
+                f"stream() needs causal attention: under {self.attention_mode.name!r} attention the feature of x_i "
+                "depends on later tokens; use model.set_attention('causal') (or re-encode the full grid)"
+            )
+        if not hasattr(self.token_encoder, "stream"):
+            raise ConfigError(f"the token encoder {type(self.token_encoder).__name__} has no stream()")
+        from toklip.layers.streaming import IndexStream
+
+        tokens = self.token_encoder.stream(batch_size, layer=layer, max_len=max_len, device=self.device,
+                                           dtype=self.dtype)
+        return IndexStream(self.vq, self.projector, tokens)
 
     def _vq_dtype(self) -> torch.dtype:
         p = next(self.vq.parameters(), None)

@@ -12,7 +12,7 @@ from toklip.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app", "load_model"]
 
-_LAZY = {"create_app": "toklip.serve.app:create_app", "load_model": "toklip.loading:load_model"}
+_LAZY = {"create_app": "toklip.serve.app:create_app", "load_model": "toklip.model.loading:load_model"}
 
 
 def __getattr__(name: str) -> Any:
@@ -25,7 +25,7 @@ def __getattr__(name: str) -> Any:
     try:
         value = getattr(importlib.import_module(module), attr)
     except ImportError as e:
-        from toklip.errors import MissingDependencyError
+        from toklip.core.errors import MissingDependencyError
 
         raise MissingDependencyError(
             f"toklip.serve needs {e.name or 'its extra packages'}: pip install 'toklip[serve]'"
@@ -36,4 +36,4 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     from toklip.serve.app import create_app
-    from toklip.loading import load_model
+    from toklip.model.loading import load_model

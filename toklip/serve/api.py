@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
-from toklip.preprocess import ALLOWED_FORMATS, MAX_ASPECT_RATIO
+from toklip.data.preprocess import ALLOWED_FORMATS, MAX_ASPECT_RATIO
 from toklip.serve import schemas
 from toklip.serve.batcher import Batcher, QueueFull, ShuttingDown
 from toklip.serve.engine import Engine
@@ -220,7 +220,7 @@ def _format(parsed: Parsed) -> str | None:
 
 def check_grids(arr: np.ndarray, engine: Engine) -> torch.Tensor:
     """Integer array [B, N] or [B, h, w] -> int64 [B, h, w] that fits this model (422 otherwise)."""
-    from toklip.errors import InputError
+    from toklip.core.errors import InputError
 
     try:
         return check_indices(torch.from_numpy(np.ascontiguousarray(arr)), vocab_size=engine.info.vocab_size,

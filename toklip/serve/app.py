@@ -23,7 +23,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from toklip._version import __version__
-from toklip.errors import InputError, TokLIPError
+from toklip.core.errors import InputError, TokLIPError
 from toklip.serve.api import ServerState, build_router
 from toklip.serve.batcher import Batcher
 from toklip.serve.engine import Engine

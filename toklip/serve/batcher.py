@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from toklip.errors import TokLIPError
+from toklip.core.errors import TokLIPError
 
 log = logging.getLogger("toklip.serve")
 

@@ -112,7 +112,7 @@ def serve_command(
     log_level: str, access_log: bool, graceful_timeout: float,
 ) -> None:
     """Serve tokenize / embed / similarity / decode over HTTP, with a page for people at /."""
-    from toklip.errors import ConfigError
+    from toklip.core.errors import ConfigError
 
     _setup_logging(log_level)
     api_key = None
@@ -152,7 +152,7 @@ def _run(sock: socket.socket, settings: ServeSettings, model_source: str, weight
 
     from toklip.serve.app import create_app
     from toklip.serve.protocol import uvicorn_config
-    from toklip.loading import load_model
+    from toklip.model.loading import load_model
 
     t0 = time.perf_counter()
     model = load_model(model_source, weights=weights, random_weights=random_weights, device=device, dtype=dtype)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Engine:
     # ------------------------------------------------------------------ request side (any thread)
     def preprocess(self, image: Image.Image) -> Tensor:
         """RGB PIL image -> [3, S, S] in [-1, 1] with the model's own eval transform."""
-        from toklip.preprocess import resize_and_crop, to_tensor
+        from toklip.data.preprocess import resize_and_crop, to_tensor
 
         return to_tensor(resize_and_crop(image, self.info.image_size, self.model.config.resize_mode))
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from toklip.errors import TokLIPError
+from toklip.core.errors import TokLIPError
 
 
 class APIError(TokLIPError):

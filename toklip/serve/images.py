@@ -1,4 +1,4 @@
-"""Untrusted image bytes -> model input, through ``toklip.preprocess.load_image`` (the one place that holds the
+"""Untrusted image bytes -> model input, through ``toklip.data.preprocess.load_image`` (the one place that holds the
 format allowlist and the pixel limit). Each refusal becomes a 4xx naming the image: 415 for image formats the
 server does not decode (EPS, PDF, PSD, ...), 413 for decompression bombs, 400 for corrupt files and non-images,
 422 for shapes the transform refuses. Decoder exception text is logged, never sent."""
@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from toklip.errors import InputError
-from toklip.preprocess import (
+from toklip.core.errors import InputError
+from toklip.data.preprocess import (
     CorruptImageError,
     ImageShapeError,
     ImageTooLargeError,

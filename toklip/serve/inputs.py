@@ -28,7 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from toklip.preprocess import describe_bytes, sniff
+from toklip.data.preprocess import describe_bytes, sniff
 from toklip.serve.errors import APIError, bad_request, invalid, too_large
 from toklip.serve.settings import ServeSettings
 

@@ -124,7 +124,9 @@ class LimitsMiddleware:
                 return
             if declared > s.max_body_bytes:
                 self.metrics.rejected.labels("body_size").inc()
-                await send_error(send, 413, "body_too_large", _too_large_message(declared, s.max_body_bytes))
+                # the body is never read: close the connection, or its bytes would be parsed as the next request
+                await send_error(send, 413, "body_too_large", _too_large_message(declared, s.max_body_bytes),
+                                 {"Connection": "close"})
                 return
 
         received = 0
@@ -140,7 +142,8 @@ class LimitsMiddleware:
                 received += len(message.get("body", b""))
                 if received > s.max_body_bytes:
                     self.metrics.rejected.labels("body_size").inc()
-                    raise APIError(413, "body_too_large", _too_large_message(received, s.max_body_bytes, sent=True))
+                    raise APIError(413, "body_too_large", _too_large_message(received, s.max_body_bytes, sent=True),
+                                   headers={"Connection": "close"})  # the rest of the body is never read
             return message
 
         async def tracking_send(message: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 
 OUTPUT_NAMES = ("indices", "features", "pooled")
 

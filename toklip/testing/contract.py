@@ -61,8 +61,13 @@ def _fusion(spec: ComponentSpec) -> None:
     assert tuple(out.shape) == (2, 4, fusion.out_dim), f"{spec.name}: output shape {tuple(out.shape)}"
 
 
+def _generator(spec: ComponentSpec) -> None:
+    gen = spec.create()
+    assert gen.num_tokens > 0 and gen.config.vocab_size > 0, f"{spec.name}: num_tokens / vocab_size"
+
+
 BUILD_ON_META: dict[str, Callable[[ComponentSpec], None]] = {
-    "vq": _vq, "encoder": _encoder, "projector": _projector, "fusion": _fusion,
+    "vq": _vq, "encoder": _encoder, "projector": _projector, "fusion": _fusion, "generator": _generator,
 }
 
 

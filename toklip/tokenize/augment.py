@@ -8,10 +8,10 @@
 
 ``resize`` picks the first step: ``adm`` (LlamaGen/ADM, the default), or the model's own transform
 (``shortest``: resize the short side then centre-crop, ``squash``: resize straight to S x S) from
-:mod:`toklip.preprocess`. Decoding and its guards are always :func:`toklip.preprocess.load_image`'s.
+:mod:`toklip.data.preprocess`. Decoding and its guards are always :func:`toklip.data.preprocess.load_image`'s.
 
 Views come back as uint8 ``[A, 3, S, S]``: four times smaller than floats across the loader's workers; the
-main process maps them to [-1, 1] exactly as ``toklip.preprocess.to_tensor`` does.
+main process maps them to [-1, 1] exactly as ``toklip.data.preprocess.to_tensor`` does.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def adm_center_crop(image: Image.Image, size: int) -> Image.Image:
 def first_crop(image: Image.Image, size: int, resize: str) -> Image.Image:
     if resize == "adm":
         return adm_center_crop(image, size)
-    from toklip.preprocess import resize_and_crop
+    from toklip.data.preprocess import resize_and_crop
 
     return resize_and_crop(image, size, resize)
 
@@ -74,7 +74,7 @@ def first_crop(image: Image.Image, size: int, resize: str) -> Image.Image:
 def make_views(src: Any, size: int, augment: str = "center", *, crop_range: float = 1.1, resize: str = "adm",
                max_pixels: int | None = None) -> Tensor:
     """An image (path, bytes, PIL, array) -> uint8 views ``[A, 3, size, size]``; InputError when unreadable."""
-    from toklip.preprocess import MAX_IMAGE_PIXELS, load_image
+    from toklip.data.preprocess import MAX_IMAGE_PIXELS, load_image
 
     if src is None:
         raise InputError("the sample has no image")
@@ -94,5 +94,5 @@ def make_views(src: Any, size: int, augment: str = "center", *, crop_range: floa
 
 
 def to_model_range(views: Tensor) -> Tensor:
-    """uint8 ``[..., 3, S, S]`` -> float32 in [-1, 1], bit-identical to :func:`toklip.preprocess.to_tensor`."""
+    """uint8 ``[..., 3, S, S]`` -> float32 in [-1, 1], bit-identical to :func:`toklip.data.preprocess.to_tensor`."""
     return views.float().div_(255.0).sub_(0.5).div_(0.5)

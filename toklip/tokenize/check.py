@@ -61,8 +61,8 @@ def verify(out: str | Path, *, n: int = 16, spec: Any = None, device: str = "aut
     originals and count how many stored indices they reproduce. Raises VQMismatchError for a different VQ."""
     from PIL import Image
 
-    from toklip.metrics.image import psnr, to_unit_range
-    from toklip.preprocess import to_pil
+    from toklip.metrics.image import mean_psnr
+    from toklip.data.preprocess import to_pil
     from toklip.tokenize.augment import make_views, to_model_range
     from toklip.tokenize.encode import build_tokenizer
 
@@ -91,7 +91,7 @@ def verify(out: str | Path, *, n: int = 16, spec: Any = None, device: str = "aut
     recon = tok.decode(indices).cpu()
     reencoded = tok.indices(images).cpu()
     match = float((reencoded == indices).float().mean())
-    quality = psnr(to_unit_range(recon), to_unit_range(images))
+    quality = mean_psnr(recon, images)
     path = Path(grid_path) if grid_path else Path(out) / "verify.png"
     tiles = to_pil(torch.stack([images, recon], dim=1).reshape(-1, *images.shape[1:]))
     size = m["image_size"]
@@ -101,7 +101,7 @@ def verify(out: str | Path, *, n: int = 16, spec: Any = None, device: str = "aut
     for k, tile in enumerate(tiles):
         sheet.paste(tile, ((k % cols) * size, (k // cols) * size))
     sheet.save(path)
-    return {"samples": len(chosen), "reencoded_index_match": match, "psnr_db": float(quality.mean()),
+    return {"samples": len(chosen), "reencoded_index_match": match, "psnr_db": quality,
             "weights_sha256": tok.weights_sha256, "grid": str(path)}
 
 

@@ -15,7 +15,6 @@ throughout, with the large 3x3 encoder convolutions done by Winograd's algorithm
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from toklip.core.errors import ConfigError
+from toklip.weights.identity import state_dict_sha256
 
 log = logging.getLogger("toklip")
 PRECISIONS = ("auto", "fp32", "bf16", "winograd")
@@ -45,17 +45,6 @@ class TokenizerSpec:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def state_dict_sha256(module: nn.Module) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes (sorted by name): the identity of the weights,
-    whatever file (or random seed) they came from."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def cpu_has_native_bf16() -> bool:

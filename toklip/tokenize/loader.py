@@ -4,7 +4,7 @@ Worker ``w`` of ``W`` takes every W-th sample of each list shard (all workers sh
 shard still uses them all) and whole tars of WebDataset inputs (a tar is read once). Each batch carries its shard
 and the samples' positions in it; after its share of a shard, a worker sends an ``end`` message with its skipped
 samples, and the main process writes the shard once every expected ``end`` has arrived. Unreadable images and
-decompression bombs raise :class:`~toklip.core.errors.InputError` in :func:`toklip.preprocess.load_image` and are
+decompression bombs raise :class:`~toklip.core.errors.InputError` in :func:`toklip.data.preprocess.load_image` and are
 skipped and listed, as in training.
 """
 
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from toklip.core.errors import InputError
 from toklip.tokenize.augment import make_views
 from toklip.tokenize.plan import Job
-from toklip.train.data import Part, RawSample, WebDatasetSource, read_caption
+from toklip.data.sources import Part, RawSample, WebDatasetSource, read_caption
 
 SKIPPABLE = (InputError, OSError, ValueError, UnicodeDecodeError)
 

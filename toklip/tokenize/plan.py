@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from toklip.train.data import ListSource, RawSample, Source, WebDatasetSource
+from toklip.data.sources import ListSource, RawSample, Source, WebDatasetSource
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Heavy modules load on first use: ``from toklip.train import train, Trainer, Trai
 
 from __future__ import annotations
 
-from toklip._lazy import lazy_getattr
+from toklip.core.lazy import lazy_getattr
 
 _LAZY = {
     "train": "toklip.train.trainer:train",

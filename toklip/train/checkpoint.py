@@ -19,19 +19,20 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from toklip.errors import CheckpointError
+from toklip.core.errors import CheckpointError, ConfigError
 
 STEP_PREFIX = "step_"
 LATEST = "latest"
 STATE_NAME = "train_state.json"
 OPTIM_NAME = "optimizer.safetensors"
-MODEL_PREFIX = "model."  # StudentForward holds the TokLIP model as `.model`
+MODEL_PREFIX = "model."  # a task's wrapped module holds its model as `.model`
 MAX_POINTER_BYTES = 256  # `latest` holds one folder name
 MAX_STATE_BYTES = 512 * 2**20  # train_state.json: the config and every rank's RNG state, far below this
 _STEP_NAME = re.compile(rf"{STEP_PREFIX}(\d{{1,16}})")
@@ -62,6 +63,20 @@ def checkpoint_root(out_dir: str | Path) -> Path:
 def complete_checkpoints(root: Path) -> list[Path]:
     """Finished checkpoint folders, oldest first (a folder is finished once its train_state.json exists)."""
     return [p for p in _step_folders(root) if (p / STATE_NAME).is_file()]
+
+
+def run_checkpoint(path: str | Path, *, marker: str) -> Path:
+    """A training run's out_dir -> its newest finished checkpoint folder; any other path is returned as it is.
+
+    ``marker`` is the file a model folder holds (``config.json`` for TokLIP, ``generator.json`` for a
+    generator): a folder with it is a model, not a run."""
+    path = Path(path).expanduser()
+    if path.is_dir() and not (path / marker).is_file() and (path / "checkpoints").is_dir():
+        latest = find_checkpoint(path, LATEST)
+        if latest is None:
+            raise ConfigError(f"{path} is a training folder with no finished checkpoint yet")
+        return latest
+    return path
 
 
 def find_checkpoint(out_dir: str | Path, resume: str) -> Path | None:
@@ -211,7 +226,7 @@ def write_checkpoint(
     root: Path,
     step: int,
     *,
-    model: nn.Module,
+    save_model: Callable[[Path, dict[str, Tensor]], None],
     model_state: dict[str, Tensor],
     optim_tensors: dict[str, Tensor],
     state: dict[str, Any],
@@ -221,13 +236,12 @@ def write_checkpoint(
     from safetensors.torch import save_file
 
     from toklip.core.io import atomic_write_text
-    from toklip.pretrained import save_pretrained
 
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
     try:
-        save_pretrained(model, tmp, state=model_state)  # the folder toklip.from_pretrained / toklip eval read
+        save_model(tmp, model_state)  # the task's model folder (TokLIP: what toklip.from_pretrained reads)
         save_file(optim_tensors, str(tmp / OPTIM_NAME), metadata={"format": "pt"})
         (tmp / STATE_NAME).write_text(json.dumps(state), encoding="utf-8")
         for f in tmp.iterdir():
@@ -287,7 +301,7 @@ def read_checkpoint_dir(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], 
     """-> (model state, optimizer state dict, train state). A damaged folder is a CheckpointError that names the
     file and the field, and the newest earlier checkpoint that could be resumed instead; nothing falls back silently
     (resuming from an older step without being asked would hide the damage)."""
-    from toklip.pretrained import WEIGHTS_NAME
+    from toklip.weights.saved import WEIGHTS_NAME
 
     try:
         state = read_train_state(path)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toklip.errors import ConfigError, close_matches
+from toklip.core.errors import ConfigError, close_matches
 from toklip.train.losses import LossConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -59,7 +59,7 @@ class DataConfig:
     image_key: str | None = None  # CSV column of image paths (default: filepath/image/path)
     caption_key: str | None = None  # CSV column of captions (default: title/caption/text)
     separator: str | None = None  # CSV separator (default: tab for .tsv, comma otherwise)
-    max_pixels: int | None = None  # decompression-bomb limit (default: toklip.preprocess.MAX_IMAGE_PIXELS)
+    max_pixels: int | None = None  # decompression-bomb limit (default: toklip.data.preprocess.MAX_IMAGE_PIXELS)
 
 
 @dataclass
@@ -107,8 +107,10 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: RunConfig = field(default_factory=RunConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    # what is trained: {"name": "toklip" | "gen" | "vlm", **that task's options} (toklip.train.task)
+    task: dict[str, Any] = field(default_factory=lambda: {"name": "toklip"})
 
-    SECTIONS = ("model", "data", "optim", "loss", "train", "dist")
+    SECTIONS = ("model", "data", "optim", "loss", "train", "dist", "task")
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -121,19 +123,26 @@ class TrainConfig:
             section = data.get(f.name) or {}
             if not isinstance(section, Mapping):
                 raise ConfigError(f"config section {f.name!r} must be a mapping, got {section!r}")
+            if f.name == "task":  # free-form: the task checks its own options
+                kwargs[f.name] = {"name": "toklip", **copy.deepcopy(dict(section))}
+                continue
             kwargs[f.name] = _section(f.default_factory, section, f.name)  # type: ignore[arg-type,misc]
         return cls(**kwargs).validate()
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
         for name in self.SECTIONS:
-            d = dataclasses.asdict(getattr(self, name))
+            section = getattr(self, name)
+            d = dict(section) if name == "task" else dataclasses.asdict(section)
             out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
         return json.loads(json.dumps(out, default=str))
 
     def validate(self) -> TrainConfig:
         d, o, t = self.data, self.optim, self.train
-        for name in self.SECTIONS:
+        from toklip.train.task import task_class, task_options
+
+        task_class(self.task.get("name")).check_options(task_options(self.task))
+        for name in self.SECTIONS[:-1]:
             _check_bools(getattr(self, name), name)
         _positive_int(d.batch_size, "data.batch_size")
         _nonneg_int(d.workers, "data.workers")
@@ -195,7 +204,7 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> Path:
         """Write the resolved config (YAML for .yaml/.yml, JSON otherwise), atomically."""
-        from toklip.io import atomic_write_text
+        from toklip.core.io import atomic_write_text
 
         path = Path(path)
         if path.suffix in (".yaml", ".yml"):

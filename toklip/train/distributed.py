@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 
 
 @dataclass

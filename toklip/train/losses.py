@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 
 # open_clip gathers with torch.distributed.nn.all_gather, deprecated (still correct) in recent torch
 warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")

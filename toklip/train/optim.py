@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 from toklip.train.config import OptimConfig
 
 

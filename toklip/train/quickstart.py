@@ -86,7 +86,7 @@ def train_components(out: Path, train: D.Digits, steps: Steps, *, seed: int = 0,
 
     Files in ``out`` are reused only when made with the same seed, sizes and step counts, so a reused pair is
     exactly the pair this call would train."""
-    from toklip.plugins import get_spec
+    from toklip.core.host import get_spec
     from toklip.train.clip_pretrain import OpenCLIPLayout, train_clip
     from toklip.train.vq_train import train_vq
 
@@ -171,7 +171,7 @@ def build_toklip(out: Path, *, init: str = "teacher", projector: str = "mlp", at
 
 def digits_source(data: D.Digits, seed: int) -> Any:
     """The training split as a data source of in-memory images with varied captions."""
-    from toklip.train.data import ListSource, RawSample
+    from toklip.data.sources import ListSource, RawSample
 
     caption = caption_sampler(data, seed)
     samples = [RawSample(key=f"digits:{i}", image=data.images[i], caption=caption(i)) for i in range(len(data))]
@@ -271,7 +271,8 @@ def figure_reconstructions(model: Any, test: D.Digits, path: Path, n: int = 16) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from toklip.train.vq_train import psnr, reconstruct
+    from toklip.metrics.image import mean_psnr
+    from toklip.train.vq_train import reconstruct
 
     x = D.to_tensor(test.images[:n])
     rec = reconstruct(model.vq, x)
@@ -281,7 +282,7 @@ def figure_reconstructions(model: Any, test: D.Digits, path: Path, n: int = 16) 
             axes[row, i].imshow(((img.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy())
             axes[row, i].axis("off")
     fig.suptitle(f"VQ tokenizer: originals (top) and reconstructions from 8x8 codes (bottom), "
-                 f"PSNR {psnr(rec, x):.1f} dB", fontsize=8)
+                 f"PSNR {mean_psnr(rec, x):.1f} dB", fontsize=8)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -326,7 +327,8 @@ def run_quickstart(out: str | Path = "toklip-quickstart", *, scale: float = 1.0,
 
     ``report.quality`` holds the floors, whether they were checked (``check``; by default at ``scale >= 1``,
     since shorter runs are smoke runs) and the stages that missed them; the report is written either way."""
-    from toklip.train.vq_train import psnr, reconstruct
+    from toklip.metrics.image import mean_psnr
+    from toklip.train.vq_train import reconstruct
 
     t0 = time.perf_counter()
     out = Path(out).expanduser()
@@ -364,7 +366,7 @@ def run_quickstart(out: str | Path = "toklip-quickstart", *, scale: float = 1.0,
     x = D.to_tensor(test.images)
     rec = reconstruct(model.vq, x)
     codes = model.vq.encode(x).indices
-    report.vq = {**info["vq"], "batch_size": VQ_BATCH, "psnr_db": round(psnr(rec, x), 2),
+    report.vq = {**info["vq"], "batch_size": VQ_BATCH, "psnr_db": round(mean_psnr(rec, x), 2),
                  "codes_used": int(codes.unique().numel()), "codebook_size": VQ_KWARGS["codebook_size"]}
     report.teacher = {**info["teacher"], "batch_size": TEACHER_BATCH, **evaluate(teacher, folder, captions)}
     last = result.history[-1]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toklip.errors import ConfigError
+from toklip.core.errors import ConfigError
 
 
 class StudentForward(nn.Module):

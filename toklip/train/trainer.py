@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from toklip.errors import ConfigError, TokLIPError
+from toklip.core.errors import ConfigError, TokLIPError
 from toklip.train import checkpoint as ckpt
 from toklip.train.config import TrainConfig
-from toklip.train.data import BatchStream, DataPosition, Source, iter_batches, make_loader, open_source
+from toklip.data.sources import Source
+from toklip.train.data import DataPosition, iter_batches, make_loader
 from toklip.train.distributed import (
     DistInfo,
     all_gather_object,
@@ -43,10 +44,9 @@ from toklip.train.distributed import (
     sync_replicated_grads,
     wrap_model,
 )
-from toklip.train.losses import TokLIPLoss, clamp_logit_scale
 from toklip.train.metrics_log import trim_for_resume
 from toklip.train.optim import Schedule, build_optimizer
-from toklip.train.step import StudentForward, Teacher, build_teacher
+from toklip.train.task import make_task
 
 METRICS_NAME = "metrics.jsonl"
 RESOLVED_CONFIG = "config.resolved.yaml"
@@ -67,23 +67,6 @@ class TrainResult:
     skipped_samples: int = 0
 
 
-def build_model(cfg: TrainConfig) -> Any:
-    """The TokLIP to train: ``model.init`` (a checkpoint/folder) or ``toklip.build`` from the model section."""
-    import toklip
-
-    m = cfg.model
-    pretrained: bool | str = False
-    if m.init:
-        path = Path(m.init).expanduser()
-        if path.is_dir():
-            return toklip.from_pretrained(path)
-        pretrained = str(path)
-    elif m.preset is None and (m.vq is None or m.encoder is None):
-        raise ConfigError("model: give a preset (model.preset=toklip-s-256) or both model.vq and model.encoder")
-    return toklip.build(m.preset, vq=m.vq, encoder=m.encoder, projector=m.projector, attention=m.attention,
-                        attn_backend=m.attn_backend, image_size=m.image_size, pretrained=pretrained)
-
-
 def set_seed(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -94,30 +77,9 @@ def set_seed(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def prepare_for_training(model: nn.Module, loss: TokLIPLoss, *, lock_text: bool) -> None:
-    """What trains and what stays frozen: the paper's split (VQ, teacher and, by default, text frozen)."""
-    model.vq.requires_grad_(False)
-    if model.text is not None:
-        model.lock_text(lock_text)
-    if model.fusion is not None:
-        model.fusion.requires_grad_(False)  # fusion is for downstream use; no loss term reaches it
-    if model.logit_bias is not None:
-        model.logit_bias.requires_grad_(loss.needs_bias)  # the official run removes the bias (CLIP loss)
-    # without a contrastive term nothing reaches the scale (and DDP would stop on an unused parameter)
-    model.logit_scale.requires_grad_(bool(loss.config.contrastive_weight))
-    if loss.needs_bias and model.logit_bias is None:
-        raise ConfigError("loss.contrastive='siglip' needs a logit_bias; this encoder has none (use 'clip')")
-    if loss.config.token_distill_weight and model.causal:
-        raise ConfigError(
-            "all-token distillation (loss.token_distill_weight > 0) needs model.attention=bidirectional: a causal "
-            "token cannot see what the teacher's bidirectional token sees (paper Table B2)"
-        )
-    if model.text is None or model.tokenizer is None:
-        raise ConfigError("TokLIP training needs a text tower and tokenizer; this encoder provides none")
-
-
 class Trainer:
-    """One training run. Pass ``model``/``source``/``teacher`` to override what the config would build."""
+    """One training run of the config's task (``task.name``, see toklip.train.task). Pass ``model``/``source``
+    (and, for the toklip task, ``teacher``/``transform``) to override what the config would build."""
 
     def __init__(
         self,
@@ -130,7 +92,8 @@ class Trainer:
         echo: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg.validate()
-        self._model, self._source, self._teacher, self.transform = model, source, teacher, transform
+        overrides = {"model": model, "source": source, "teacher": teacher, "transform": transform}
+        self._overrides = {k: v for k, v in overrides.items() if v is not None}  # what the task would build
         self.echo = echo or print
 
     # ------------------------------------------------------------------ setup
@@ -139,28 +102,12 @@ class Trainer:
         self.info: DistInfo = init_distributed(cfg.train.device, cfg.dist.backend)
         set_seed(cfg.train.seed, cfg.train.deterministic)
         self.out_dir = Path(cfg.train.out_dir).expanduser()
-        # the data first: a wrong data.path fails at once, not after building (and downloading) the model
-        self.source = self._source if self._source is not None else open_source(cfg.data)
-        model = self._model if self._model is not None else build_model(cfg)
-        self.loss = TokLIPLoss(cfg.loss, rank=self.info.rank, world_size=self.info.world_size)
-        prepare_for_training(model, self.loss, lock_text=cfg.model.lock_text)
-        model.set_grad_checkpointing(cfg.model.grad_checkpointing)
-        model.to(self.info.device).train()
-        self.model = model
-        self.need_teacher = bool(cfg.loss.distill_weight or cfg.loss.token_distill_weight)
-        self.teacher = self._teacher
-        if self.teacher is None and self.need_teacher:
-            if not getattr(model.encoder_builder, "pretrained", None):
-                warnings.warn(
-                    "the semantic encoder has no pretrained weights, so the distillation teacher is random: give "
-                    "model.encoder={name: ..., pretrained: ...} (the paper's teacher is SigLIP2) or set "
-                    "loss.distill_weight=0", stacklevel=2,
-                )
-            self.teacher = build_teacher(model)
-        self.student = StudentForward(model, return_tokens=bool(cfg.loss.token_distill_weight),
-                                      use_bias=self.loss.needs_bias)
+        self.task = make_task(cfg)
+        self.task.setup(cfg, self.info, **self._overrides)
+        self.source, self.model = self.task.source, self.task.model
         self.strategy = resolve_strategy(cfg.dist.strategy, self.info)
-        self.wrapped = wrap_model(self.student, self.strategy, self.info, find_unused=cfg.dist.find_unused_parameters)
+        self.wrapped = wrap_model(self.task.module, self.strategy, self.info,
+                                  find_unused=cfg.dist.find_unused_parameters)
         self.runner = torch.compile(self.wrapped) if cfg.model.compile else self.wrapped
         self.replicated = replicated_params(self.wrapped) if self.strategy == "fsdp" else []
         self.optimizer = build_optimizer(self.wrapped, cfg.optim)
@@ -210,7 +157,7 @@ class Trainer:
                 "config": self.cfg.to_dict(),
             }
             path = ckpt.write_checkpoint(
-                ckpt.checkpoint_root(self.out_dir), step, model=self.model, model_state=model_state,
+                ckpt.checkpoint_root(self.out_dir), step, save_model=self.task.save, model_state=model_state,
                 optim_tensors=optim_tensors, state=state, keep_last=self.cfg.train.keep_last,
             )
         barrier(self.info)
@@ -320,16 +267,11 @@ class Trainer:
             cfg.save(self.out_dir / RESOLVED_CONFIG)
             n_train = sum(p.numel() for p in self.wrapped.parameters() if p.requires_grad)
             self.echo(
-                f"training {self.model.config.name or 'TokLIP'}: {n_train / 1e6:.2f} M trainable parameters, "
+                f"training {self.task.describe()}: {n_train / 1e6:.2f} M trainable parameters, "
                 f"{self.strategy if info.distributed else 'single process'} x{info.world_size} on {info.device}, "
                 f"{self.total_steps} steps of {self.global_batch} ({self.source.describe()})"
             )
-        stream = BatchStream(
-            self.source, batch_size=cfg.data.batch_size, image_size=self.model.image_size,
-            tokenizer=self.model.tokenizer, rank=info.rank, world=info.world_size, workers=cfg.data.workers,
-            seed=cfg.train.seed, shuffle=cfg.data.shuffle, resize_mode=self.model.config.resize_mode,
-            max_pixels=cfg.data.max_pixels, transform=self.transform,
-        )
+        stream = self.task.stream(cfg, info)
         stream.set_resume(position.workers)
         batches: Iterator[dict[str, Any]] = iter_batches(make_loader(stream, cfg.data.workers))
         metrics = self._metrics_file(step) if info.is_main else None
@@ -361,8 +303,7 @@ class Trainer:
                         "train.precision=bf16/fp32."
                     )
                 record = {"step": step, "loss": total, **{k: float(v) for k, v in zip(losses, values)},
-                          "lr": lr, "logit_scale": float(self.model.logit_scale.detach().exp()),
-                          "epoch": position.epoch}
+                          "lr": lr, **self.task.log_values(), "epoch": position.epoch}
                 if step % cfg.train.log_every == 0 or step == self.total_steps:
                     now = time.perf_counter()
                     skipped = sum(all_gather_object(info, position.skipped))
@@ -393,20 +334,8 @@ class Trainer:
 
     def _train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """One optimizer step; -> the loss terms (detached, averaged over ranks). No update when one is not finite."""
-        device = self.info.device
-        images = batch["images"].to(device, non_blocking=True)
-        ids = batch["text_ids"].to(device, non_blocking=True)
         with self._autocast():
-            out = self.runner(images, ids)
-            teacher_pooled = teacher_tokens = None
-            if self.need_teacher:
-                teacher_pooled, teacher_tokens = self.teacher(
-                    images, return_tokens=bool(self.cfg.loss.token_distill_weight))
-        losses = self.loss(
-            out["image_features"].float(), out["text_features"].float(), out["logit_scale"].float(),
-            teacher_features=teacher_pooled, logit_bias=out["logit_bias"],
-            tokens=None if out["tokens"] is None else out["tokens"].float(), teacher_tokens=teacher_tokens,
-        )
+            losses = self.task.losses(self.runner, batch, self.info.device)
         # one all-reduce gives the logged values and a verdict every rank shares (a NaN on any rank makes the
         # mean NaN everywhere), so no rank starts a backward the others skip
         reduced = all_reduce_mean(self.info, torch.stack([v.detach().float() for v in losses.values()]))
@@ -422,7 +351,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        clamp_logit_scale(self.model)
+        self.task.after_step()
         return logged
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from toklip.errors import CheckpointError
+from toklip import CheckpointError
 from toklip_plugin_cosmos.model import build_cosmos
 from toklip_plugin_cosmos.torchscript import is_torchscript_archive, read_torchscript_state
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from toklip.errors import ConfigError
+from toklip import ConfigError
 from toklip_plugin_cosmos.config import CosmosArch, arch_from_config
 from toklip_plugin_cosmos.model import VARIANTS, build_cosmos
 from toklip_plugin_cosmos.patching import haar_level, patchify, unpatchify

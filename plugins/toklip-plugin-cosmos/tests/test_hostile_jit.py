@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from toklip.errors import CheckpointError
+from toklip import CheckpointError
 from toklip_plugin_cosmos import torchscript
 from toklip_plugin_cosmos.torchscript import read_torchscript_state
 

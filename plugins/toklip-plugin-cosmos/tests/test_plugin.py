@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import toklip
-from toklip.errors import UnknownComponentError
-from toklip.testing.conformance import check_vq_tokenizer
+from toklip import UnknownComponentError
+# The contract every component meets, from toklip's kit (the kind's conformance check on each *-test name,
+# a meta-device build of every name, full size included): the same tests toklip runs on its builtins.
+from toklip.testing.contract import test_builds_on_meta, test_conforms  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["cosmos-di8x8", "cosmos-di8x8-360p", "cosmos-di16x16", "cosmos-di16x16-360p", "cosmos-test"]
@@ -25,10 +27,6 @@ def test_components_are_registered_with_weights_and_aliases():
     assert (weights.hf_hub_id, weights.file) == ("nvidia/Cosmos-0.1-Tokenizer-DI8x8", "autoencoder.jit")
     for name in NAMES[:-1]:
         assert toklip.get_spec("vq", name).pretrained, f"{name} must name its published weights"
-
-
-def test_conformance():
-    check_vq_tokenizer("cosmos-test")
 
 
 @pytest.mark.parametrize(
@@ -66,7 +64,7 @@ def test_pretrained_without_published_weights():
 
 
 def test_without_the_plugin_the_error_is_an_install_hint():
-    from toklip.plugins import PluginHost, use_host
+    from toklip.core.host import PluginHost, use_host
 
     with use_host(PluginHost(autoload=False, strict=True)):
         with pytest.raises(UnknownComponentError) as err:
@@ -98,7 +96,7 @@ def test_installed_distribution_is_discovered(monkeypatch):
         importlib.metadata.distribution("toklip-plugin-cosmos")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("toklip-plugin-cosmos is not installed (pip install -e plugins/toklip-plugin-cosmos)")
-    from toklip.plugins import PluginHost, use_host
+    from toklip.core.host import PluginHost, use_host
 
     monkeypatch.setenv("TOKLIP_LOAD_PLUGINS", "cosmos")
     host = PluginHost(autoload=True, strict=True)

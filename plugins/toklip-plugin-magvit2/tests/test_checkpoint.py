@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from toklip.weights import read_checkpoint
-from toklip.core.errors import CheckpointError, ConfigError
+from toklip import CheckpointError, ConfigError
 from toklip_plugin_magvit2.model import build_magvit2
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from toklip.core.errors import ConfigError
+from toklip import ConfigError
 from toklip_plugin_magvit2.config import MagvitArch, arch_from_config
 from toklip_plugin_magvit2.model import VARIANTS, build_magvit2
 

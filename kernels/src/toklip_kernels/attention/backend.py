@@ -28,7 +28,7 @@ class TritonAttentionBackend:
         scale: float | None = None,
     ) -> Tensor:
         if attn_mask is not None:
-            from toklip.core.errors import InputError
+            from toklip import InputError
 
             raise InputError("the triton attention backend does not take attn_mask; use attn_backend='sdpa'")
         out = flash_attention(q, k, v, causal=causal, scale=scale)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from toklip.core.errors import InputError
+from toklip import InputError
 from toklip_kernels import _runtime
 from toklip_kernels._launch import Tiles, cdiv, choose, dot_precision
 

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from toklip.core.errors import ConfigError, InputError
+from toklip import ConfigError, InputError
 from toklip_kernels import _runtime
 from toklip_kernels.lookup_mlp import launch, table_mlp
 from toklip_kernels.lookup_mlp.reference import (

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from toklip.core.errors import ConfigError, InputError
+from toklip import ConfigError, InputError
+from toklip.layers import MLPProjector
 from toklip_kernels.lookup_mlp.function import (
     STRATEGIES,
     Strategy,
@@ -33,27 +33,23 @@ class _TableCache:
     table: Tensor
 
 
-class FusedMLPProjector(nn.Module):
+class FusedMLPProjector(MLPProjector):
     """Linear(c, hidden) -> exact GELU -> Linear(hidden, D) on VQ indices, hidden = 4D by default.
 
     ``strategy``: ``auto`` | ``per_token`` | ``codebook`` | ``reference`` (see toklip_kernels.lookup_mlp).
     ``deterministic``: codebook backward via sort + segment sums instead of atomics. ``table_impl``: ``torch``
     (cuBLAS) or ``triton`` (fused kernels) for the MLP over the codebook rows. Without gradients the
     codebook table is cached and rebuilt only when the weights (in-place updates bump their version), the
-    codebook, the device or the compute dtype change. Checkpoints interchange with toklip's ``mlp`` projector.
+    codebook, the device or the compute dtype change. A subclass of toklip's ``mlp`` projector (``toklip.layers.MLPProjector``): checkpoints interchange by construction.
     """
 
     def __init__(self, code_dim: int, vocab_size: int, width: int, hidden: int | None = None,
                  strategy: Strategy = "auto", deterministic: bool = False, cache: bool = True,
                  table_impl: str | None = None, **_: object) -> None:
-        super().__init__()
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {strategy!r} for the mlp-fused projector; choose one of "
                               f"{', '.join(STRATEGIES)}")
-        self.code_dim, self.vocab_size, self.width = code_dim, vocab_size, width
-        self.hidden = hidden or 4 * width
-        self.fc1 = nn.Linear(code_dim, self.hidden)
-        self.fc2 = nn.Linear(self.hidden, width)
+        super().__init__(code_dim, vocab_size, width, hidden)
         self.strategy: Strategy = strategy
         self.deterministic = deterministic
         self.cache = cache
@@ -73,7 +69,7 @@ class FusedMLPProjector(nn.Module):
 
     def _reference(self, codes: Tensor) -> Tensor:
         self.last_strategy = "reference"
-        return self.fc2(F.gelu(self.fc1(codes.to(self.fc1.weight.dtype))))
+        return super().forward(codes)
 
     def _cache_key(self, dtype: torch.dtype) -> tuple:
         return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self._params()) + (dtype, self.table_impl)

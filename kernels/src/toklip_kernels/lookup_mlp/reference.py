@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from toklip.core.errors import InputError
+from toklip import InputError
 
 
 def check_lookup_inputs(indices: Tensor, table: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from toklip.core.errors import ConfigError
+from toklip import ConfigError
 from toklip_kernels.lookup_mlp import launch
 
 IMPLS = ("torch", "triton")

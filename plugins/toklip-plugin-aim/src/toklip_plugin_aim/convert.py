@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from toklip.core.errors import CheckpointError
+from toklip import CheckpointError
 
 _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
 _RENAMES = {

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from toklip.core.errors import ConfigError
+from toklip import ConfigError
 
 from open_clip.constants import OPENAI_DATASET_MEAN as OPENAI_CLIP_MEAN  # the one copy: open_clip's
 from open_clip.constants import OPENAI_DATASET_STD as OPENAI_CLIP_STD
@@ -62,7 +62,7 @@ class AIMv2Encoder:
         return (g, g)
 
     def _vit(self) -> nn.Module:
-        from toklip.builtin.openclip_base import timm_vit
+        from toklip.layers import timm_vit
 
         vit = timm_vit(self.timm_name, img_size=self.image_size, pool="avg", overrides=self.overrides)
         if self.pretrained:
@@ -81,7 +81,7 @@ class AIMv2Encoder:
         return self._state
 
     def build_token_encoder(self, grid: tuple[int, int]) -> nn.Module:
-        from toklip.model.token_encoder import token_encoder_from_timm
+        from toklip.layers import token_encoder_from_timm
 
         return token_encoder_from_timm(self._vit(), grid, pool="avg")
 

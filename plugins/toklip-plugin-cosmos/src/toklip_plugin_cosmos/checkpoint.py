@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from toklip.weights import load_state_dict_strict, read_checkpoint, unwrap_state_dict
-from toklip.errors import CheckpointError
+from toklip import CheckpointError
 
 from toklip_plugin_cosmos.torchscript import is_torchscript_archive, read_torchscript_state
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from toklip.errors import ConfigError
+from toklip import ConfigError
 
 # Keys of the official dict that do not change the inference network.
 IGNORED_KEYS = {"dropout", "num_quantizers", "z_factor", "name", "formulation", "dtype"}

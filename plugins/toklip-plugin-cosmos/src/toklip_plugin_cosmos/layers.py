@@ -17,7 +17,7 @@ from torch import Tensor, nn
 # The taming-style blocks Cosmos shares with LlamaGen (same parameter names, same maths): ResnetBlock
 # (GN, swish, conv, GN, swish, conv; 1x1 nin_shortcut when the width changes), single-head AttnBlock,
 # Downsample (zero-pad right/bottom, 3x3 stride-2 conv) and Upsample (nearest x2, 3x3 conv).
-from toklip.builtin.llamagen import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm, swish
+from toklip.layers import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm, swish
 
 from toklip_plugin_cosmos.config import CosmosArch
 from toklip_plugin_cosmos.patching import patchify, unpatchify

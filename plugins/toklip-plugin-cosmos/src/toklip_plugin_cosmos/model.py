@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from toklip.errors import ConfigError
+from toklip import ConfigError
 from toklip.core.protocols import VQEncoding
 from toklip.layers import VQTokenizerBase
 

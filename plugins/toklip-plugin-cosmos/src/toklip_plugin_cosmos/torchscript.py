@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from toklip.errors import CheckpointError
+from toklip import CheckpointError
 from toklip_plugin_cosmos.script_pickle import ScriptObject, ScriptUnpickler, StorageRef, TensorRef
 
 # Limits, each far above the released Cosmos DI files (DI8x8/DI16x16, Cosmos-Tokenize1 360p). Those hold a

@@ -16,7 +16,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from toklip.weights import load_state_dict_strict, read_checkpoint, unwrap_state_dict
-from toklip.core.errors import CheckpointError, ConfigError
+from toklip import CheckpointError, ConfigError
 
 Weights = Literal["auto", "ema", "raw"]
 EMA_PREFIX = "model_ema."

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toklip.core.errors import ConfigError
+from toklip import ConfigError
 
 from toklip_plugin_magvit2.lfq import MAX_BITS
 

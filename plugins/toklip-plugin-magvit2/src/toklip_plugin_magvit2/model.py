@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from toklip.core.errors import ConfigError, InputError
+from toklip import ConfigError, InputError
 from toklip.core.protocols import VQEncoding
 from toklip.layers import VQTokenizerBase
 

@@ -83,7 +83,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from toklip.core.errors import ConfigError
+from toklip import ConfigError
 
 
 class Encoder:
@@ -114,7 +114,7 @@ class Encoder:
     def _vit(self) -> nn.Module:
         import timm
 
-        from toklip.model.attention import BackendAttention  # routes attention through toklip's backends
+        from toklip.layers.attention import BackendAttention  # routes attention through toklip's backends
 
         vit = timm.create_model(self.timm_model, pretrained=False, num_classes=0, img_size=self.image_size,
                                 attn_layer=BackendAttention, **self.vision)
@@ -125,7 +125,7 @@ class Encoder:
         return vit
 
     def build_token_encoder(self, grid: tuple[int, int]) -> nn.Module:
-        from toklip.model.token_encoder import token_encoder_from_timm
+        from toklip.layers import token_encoder_from_timm
 
         return token_encoder_from_timm(self._vit(), grid, pool="avg")
 
