@@ -36,6 +36,8 @@ _LAZY = {
     "TokLIPConfig": "toklip.model.config:TokLIPConfig",
     "TokenizeOutput": "toklip.model.toklip:TokenizeOutput",
     "attention_backend": "toklip.layers.attention:attention_backend",
+    "build_generator": "toklip.gen.generator:build_generator",
+    "load_generator": "toklip.gen.generator:load_generator",
 }
 
 __all__ = [
@@ -67,6 +69,7 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from toklip.gen.generator import build_generator, load_generator
     from toklip.layers.attention import attention_backend
     from toklip.model.factory import build, list_presets
     from toklip.model.loading import from_pretrained, load, load_official

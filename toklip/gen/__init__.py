@@ -40,10 +40,26 @@ _LAZY = {
     "cached_logits": "toklip.gen.sampling:cached_logits",
     "filter_logits": "toklip.gen.sampling:filter_logits",
     "load_gpt": "toklip.gen.load:load_gpt",
+    "build_generator": "toklip.gen.generator:build_generator",
+    "load_generator": "toklip.gen.generator:load_generator",
+    "save_generator": "toklip.gen.generator:save_generator",
+    "generate": "toklip.gen.generator:generate",
+    "inception_fid_is": "toklip.gen.evaluate:inception_fid_is",
+    "feature_fid": "toklip.gen.evaluate:feature_fid",
+    "class_consistency": "toklip.gen.evaluate:class_consistency",
+    "save_reference_stats": "toklip.gen.evaluate:save_reference_stats",
 }
 
 __all__ = [
     "GENERATORS",
+    "build_generator",
+    "class_consistency",
+    "feature_fid",
+    "generate",
+    "inception_fid_is",
+    "load_generator",
+    "save_generator",
+    "save_reference_stats",
     "GPT",
     "GPTConfig",
     "StaticKVCache",
@@ -61,5 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from toklip.gen.config import GPTConfig, named_config
     from toklip.gen.gpt import GPT, build_gpt
     from toklip.gen.kv_cache import StaticKVCache
+    from toklip.gen.evaluate import class_consistency, feature_fid, inception_fid_is, save_reference_stats
+    from toklip.gen.generator import build_generator, generate, load_generator, save_generator
     from toklip.gen.load import load_gpt
     from toklip.gen.sampling import cached_logits, filter_logits, sample

@@ -381,6 +381,13 @@ class GPT(nn.Module):
                       temperature=temperature, greedy=greedy, seed=seed, generator=generator, cond_mask=cond_mask,
                       num_tokens=num_tokens)
 
+    def generate(self, labels: Sequence[int] | Tensor | None = None, **options: Any) -> Tensor:
+        """Images ``[B, 3, S, S]`` in [-1, 1] decoded by the tokenizer this generator was built or loaded with
+        (see ``toklip.gen.generator.generate`` for the options)."""
+        from toklip.gen.generator import generate
+
+        return generate(self, labels, **options)
+
 
 def build_gpt(name: str = "gpt-b", **overrides: Any) -> GPT:
     """Build a named size (``gpt-b`` ... ``gpt-3b``, ``gpt-test``, ``-t2i`` variants) with config overrides."""

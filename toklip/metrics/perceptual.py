@@ -19,6 +19,8 @@ Without the file, :class:`MetricUnavailable` says which one to pass.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ from torch import Tensor, nn
 from toklip.core.errors import ConfigError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_SOURCES = ("torch-fidelity's weights-inception-2015-12-05-6726825d.pth (github.com/toshas/torch-fidelity "
+                     "releases, v0.2.0) or pytorch-fid's pt_inception-2015-12-05-6726825d.pth (github.com/mseitzer/"
+                     "pytorch-fid releases, fid_weights)")
 # Tensors every FID InceptionV3 state dict has, with their shapes (the first conv and the 1008-way TF classifier).
 INCEPTION_PROBES = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "Mixed_7c.branch_pool.conv.weight": (192, 2048, 1, 1),
                     "fc.weight": (1008, 2048), "fc.bias": (1008,)}
@@ -47,27 +52,8 @@ class FIDMetric:
             self.fid = FrechetInceptionDistance(feature=feature, normalize=True)
             self.evaluator = f"torchmetrics FID, custom features ({type(feature).__name__})"
             return
-        if weights is None:
-            raise MetricUnavailable(f"rFID needs Inception weights: pass --inception-weights {INCEPTION_FILE} "
-                                    "(torch-fidelity's release file); nothing is downloaded")
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise MetricUnavailable(f"--inception-weights {str(path)!r} does not exist")
-        try:
-            import torch_fidelity  # noqa: F401
-        except ImportError as e:
-            raise MetricUnavailable("rFID with Inception needs torch-fidelity: pip install 'toklip[eval]' "
-                                    "(or pip install torch-fidelity)") from e
-        state = read_inception_state(path)
-        with tempfile.TemporaryDirectory(prefix="toklip-fid-") as tmp:  # mode 0700: only this user can swap it
-            copy = Path(tmp) / "inception.pt"
-            torch.save(state, copy)  # tensors only: the one file torch-fidelity's weights_only=False load sees
-            try:
-                self.fid = FrechetInceptionDistance(feature=2048, normalize=True,
-                                                    feature_extractor_weights_path=str(copy))
-            except RuntimeError as e:  # load_state_dict: missing / unexpected / mis-shaped tensors
-                raise ConfigError(f"{path} is not an FID InceptionV3 state dict ({str(e).splitlines()[0]}); "
-                                  f"expected {INCEPTION_FILE}") from e
+        with inception_weights_copy(weights, "rFID") as copy:
+            self.fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=copy)
         self.evaluator = "torchmetrics FID (torch-fidelity InceptionV3, 2048 pool features, bilinear resize to 299)"
 
     def update(self, real: Tensor, fake: Tensor) -> None:
@@ -103,6 +89,45 @@ class LPIPSMetric:
 
     def compute(self) -> float:
         return self.total / max(self.count, 1)
+
+
+@contextmanager
+def inception_weights_copy(weights: str | Path | None, what: str = "FID") -> Iterator[str]:
+    """The user's Inception file, read safely and checked, as a tensors-only copy in a private temporary folder
+    (torch-fidelity unpickles it with ``weights_only=False``; only this copy reaches it). Missing file or package
+    -> :class:`MetricUnavailable` naming ``--inception-weights PATH`` and where the file comes from."""
+    if weights is None:
+        raise MetricUnavailable(f"{what} needs Inception weights: pass --inception-weights PATH, the FID InceptionV3 "
+                                f"file ({INCEPTION_SOURCES}); nothing is downloaded")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise MetricUnavailable(f"--inception-weights {str(path)!r} does not exist; pass --inception-weights PATH, "
+                                f"the FID InceptionV3 file ({INCEPTION_SOURCES})")
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError as e:
+        raise MetricUnavailable(f"{what} with Inception needs torch-fidelity: pip install 'toklip[eval]' "
+                                "(or pip install torch-fidelity)") from e
+    state = read_inception_state(path)
+    with tempfile.TemporaryDirectory(prefix="toklip-fid-") as tmp:  # mode 0700: only this user can swap it
+        copy = Path(tmp) / "inception.pt"
+        torch.save(state, copy)  # tensors only: the one file torch-fidelity's weights_only=False load sees
+        try:
+            yield str(copy)
+        except RuntimeError as e:  # load_state_dict: missing / unexpected / mis-shaped tensors
+            raise ConfigError(f"{path} is not an FID InceptionV3 state dict ({str(e).splitlines()[0]}); "
+                              f"expected {INCEPTION_FILE}") from e
+
+
+def inception_network(weights: str | Path | None, features: Sequence[str] = ("2048",)) -> nn.Module:
+    """torchmetrics' FID InceptionV3 (``NoTrainInceptionV3``, the network ``FrechetInceptionDistance`` builds) with
+    the user's weights, returning ``features`` (``"2048"`` pool, ``"logits_unbiased"``, ...) from one pass through
+    its ``_torch_fidelity_forward`` on uint8 images ``[B, 3, H, W]``."""
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    with inception_weights_copy(weights) as copy:
+        return NoTrainInceptionV3(name="inception-v3-compat", features_list=list(features),
+                                  feature_extractor_weights_path=copy)
 
 
 def read_inception_state(path: Path) -> dict[str, Tensor]:

@@ -156,6 +156,9 @@ def check_generator(name: str, *, batch: int = 2, **kwargs: Any) -> None:
     gen = get_spec("generator", name).create(**kwargs).eval()
     cfg, n = gen.config, gen.num_tokens
     g = _seeded()
+    with torch.no_grad():  # perturb every weight: an init with a zero output head would make every logit 0
+        for p in gen.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
     codes = torch.randint(0, cfg.vocab_size, (batch, n), generator=g)
     if gen.model_type == "c2i":
         cond: Any = torch.randint(0, cfg.num_classes, (batch,), generator=g)

@@ -1,0 +1,270 @@
+"""Generators with their tokenizer: ``toklip.build_generator``, ``toklip.load_generator``, saving, ``generate``.
+
+A generator (kind ``generator``: LlamaGen's GPT family and plugins) predicts VQ codes. ``build_generator`` sizes it
+from the tokenizer (vocabulary = the VQ's codebook, image tokens = its grid), optionally gives it fused inputs
+``fusion(E_tok[x_i], s_i)`` from a frozen causal TokLIP (toklip.gen.fused), and attaches the tokenizer so
+``generate`` returns images. The saved form is a folder: ``generator.json`` (the generator's name and config,
+the fusion, and which tokenizer it reads, with that tokenizer's weights sha256) + ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from toklip.core.errors import CheckpointError, ConfigError, InputError
+
+GENERATOR_FILE = "generator.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "toklip-generator"
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+# ---------------------------------------------------------------------------------------------- build
+def resolve_tokenizer(tokenizer: Any) -> tuple[Any, str | None]:
+    """A tokenizer object, or a source ``toklip.load`` takes (preset, folder, file), frozen -> (model, source)."""
+    if tokenizer is None:
+        return None, None
+    source = None
+    if isinstance(tokenizer, (str, Path)):
+        import toklip
+
+        source = str(tokenizer)
+        tokenizer = toklip.load(source)
+    if not isinstance(tokenizer, nn.Module) or not hasattr(tokenizer, "decode"):
+        raise ConfigError(f"tokenizer must be a toklip model or VQ tokenizer (or a name toklip.load takes), got "
+                          f"{type(tokenizer).__name__}")
+    tokenizer.eval().requires_grad_(False)
+    return tokenizer, source
+
+
+def tokenizer_sizes(tokenizer: Any) -> dict[str, int]:
+    """The generator sizes a tokenizer fixes: its codebook and (for a TokLIP) its grid of image tokens."""
+    vq = getattr(tokenizer, "vq", tokenizer)
+    sizes = {"vocab_size": int(vq.vocab_size)}
+    grid = getattr(tokenizer, "grid", None)
+    if grid is not None:
+        sizes["block_size"] = int(grid[0]) * int(grid[1])
+    return sizes
+
+
+def build_generator(
+    name: str = "gpt-b",
+    *,
+    tokenizer: Any = None,
+    fusion: str | Mapping[str, Any] | None = None,
+    feature_layer: int | None = None,
+    num_classes: int | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """A generator sized for ``tokenizer``; ``fusion`` (a registered name, or ``{"name": ..., **kwargs}``) makes its
+    image-token inputs ``fusion(E_tok[x_i], s_i)`` with the frozen causal TokLIP's features from
+    ``feature_layer`` (None: after the final norm). ``fusion=None`` is plain LlamaGen."""
+    from toklip.core.host import get_spec
+    from toklip.gen.fused import FusedImageInputs, check_causal
+
+    tok, source = resolve_tokenizer(tokenizer)
+    if tok is not None:
+        for key, value in tokenizer_sizes(tok).items():
+            if key in overrides and overrides[key] != value:
+                raise ConfigError(f"{key}={overrides[key]} does not fit the tokenizer, whose {key} is {value}; "
+                                  f"leave {key} out and build_generator takes it from the tokenizer")
+            overrides[key] = value
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    gen = get_spec("generator", name).create(**overrides)
+    fusion_spec = None
+    if fusion is not None:
+        if tok is None:
+            raise ConfigError("fusion needs the TokLIP whose features it fuses: build_generator(..., tokenizer=...)")
+        check_causal(tok)
+        fusion_spec = {"name": fusion} if isinstance(fusion, str) else dict(fusion)
+        kwargs = {k: v for k, v in fusion_spec.items() if k != "name"}
+        dim = gen.config.dim
+        module = get_spec("fusion", fusion_spec["name"]).create(
+            low_dim=dim, high_dim=tok.token_encoder.width, out_dim=dim, **kwargs)
+        gen.image_inputs = FusedImageInputs(tok, module, fusion_name=fusion_spec["name"], layer=feature_layer)
+    elif feature_layer is not None:
+        raise ConfigError("feature_layer selects the TokLIP layer that fused inputs read; it needs fusion=...")
+    attach(gen, tok, {
+        "generator": name, "fusion": fusion_spec, "feature_layer": feature_layer,
+        "tokenizer": None if tok is None else describe_tokenizer(tok, source),
+    })
+    return gen
+
+
+def describe_tokenizer(tok: Any, source: str | None) -> dict[str, Any]:
+    from toklip.weights.identity import state_dict_sha256
+
+    config = getattr(tok, "config", None)
+    return {"source": source or getattr(config, "name", None), "vq_sha256": state_dict_sha256(getattr(tok, "vq", tok)),
+            **tokenizer_sizes(tok)}
+
+
+def attach(gen: nn.Module, tokenizer: Any, meta: dict[str, Any]) -> None:
+    """Keep the tokenizer (by reference: never saved or trained) and what the generator was built from."""
+    gen._toklip_tokenizer = [tokenizer]
+    gen.toklip_meta = meta
+
+
+def tokenizer_of(gen: nn.Module) -> Any:
+    held = getattr(gen, "_toklip_tokenizer", None)
+    return held[0] if held else None
+
+
+# ---------------------------------------------------------------------------------------------- generate
+@torch.no_grad()
+def generate(
+    gen: nn.Module,
+    labels: Sequence[int] | Tensor | None = None,
+    *,
+    cond: Any = None,
+    cfg: float = 1.0,
+    cfg_interval: int | None = None,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    tokenizer: Any = None,
+) -> Tensor:
+    """Images ``[B, 3, S, S]`` in [-1, 1]: sample codes for ``labels`` (c2i) or caption features ``cond`` (t2i) and
+    decode them with the tokenizer's VQ. Batches of ``batch_size`` draw from one seeded generator in order: the
+    same seed and batch size give the same images on any run."""
+    tok = tokenizer if tokenizer is not None else tokenizer_of(gen)
+    if tok is None:
+        raise InputError("generate decodes codes with a tokenizer: build or load the generator with tokenizer=... "
+                         "(or call gen.sample(...) for the codes)")
+    if (labels is None) == (cond is None):
+        raise InputError("give labels=[...] (class-conditional) or cond=caption features (text-conditional)")
+    cond = labels if cond is None else cond
+    if isinstance(cond, Tensor):
+        n = cond.shape[0]
+    elif isinstance(cond, Sequence):
+        n = len(cond)
+    else:
+        raise InputError(f"labels must be a list of ints or a LongTensor [B], got {type(cond).__name__}")
+    step = batch_size or n
+    if not isinstance(step, int) or step < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    device = next(gen.parameters()).device
+    rng = torch.Generator(device=device)
+    if seed is not None:
+        rng.manual_seed(seed)
+    else:
+        rng.seed()
+    images = []
+    for start in range(0, n, step):
+        chunk = cond[start:start + step]
+        codes = gen.sample(list(chunk) if not isinstance(chunk, Tensor) else chunk, cfg=cfg, cfg_interval=cfg_interval,
+                           top_k=top_k, top_p=top_p, temperature=temperature, generator=rng)
+        images.append(tok.decode(codes.to(tok.device if hasattr(tok, "device") else codes.device)).float().clamp(-1, 1))
+    return torch.cat(images)
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+def save_generator(gen: nn.Module, directory: str | Path, *, state: Mapping[str, Tensor] | None = None) -> Path:
+    """``generator.json`` + ``model.safetensors`` in ``directory`` (each written atomically)."""
+    from safetensors.torch import save_file
+
+    from toklip._version import __version__
+    from toklip.core.io import atomic_write, atomic_write_text
+
+    meta = getattr(gen, "toklip_meta", None)
+    if meta is None:
+        raise ConfigError("save_generator saves generators made by toklip.build_generator / load_generator")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in (state if state is not None else gen.state_dict()).items()}
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    record = {"format": FORMAT, "version": 1, "toklip_version": __version__, **meta, "config": gen.config.to_dict()}
+    atomic_write_text(directory / GENERATOR_FILE, json.dumps(record, indent=2) + "\n")
+    return directory
+
+
+def load_generator(
+    source: str | Path,
+    *,
+    config: Any = None,
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    check_tokenizer: bool = True,
+    **overrides: Any,
+) -> nn.Module:
+    """A generator from a folder ``save_generator`` wrote, a training run (its newest checkpoint), or a LlamaGen
+    release file (``c2i_B_256.pt``; ``config`` = a size name, mapping or config.json, as ``load_gpt``).
+
+    ``tokenizer`` (object or ``toklip.load`` source) defaults to the one the folder records; a fused generator
+    needs it, and its VQ must be the one the generator was trained with (sha256 checked unless
+    ``check_tokenizer=False``)."""
+    from toklip.train.checkpoint import run_checkpoint
+
+    path = run_checkpoint(source, marker=GENERATOR_FILE)
+    if path.is_dir():
+        return _load_folder(path, tokenizer=tokenizer, device=device, dtype=dtype, check_tokenizer=check_tokenizer)
+    if path.suffix not in WEIGHT_SUFFIXES or not path.is_file():
+        raise ConfigError(f"{source}: not a generator folder (with {GENERATOR_FILE}), a training run or a checkpoint "
+                          f"file ({', '.join(WEIGHT_SUFFIXES)})")
+    from toklip.gen.load import load_gpt
+
+    gen = load_gpt(path, config, device=device, dtype=dtype, **overrides)
+    tok, tok_source = resolve_tokenizer(tokenizer)
+    if tok is not None:
+        _check_sizes(gen, tok, str(path))
+    attach(gen, tok, {"generator": None, "fusion": None, "feature_layer": None,
+                      "tokenizer": None if tok is None else describe_tokenizer(tok, tok_source)})
+    return gen
+
+
+def _load_folder(path: Path, *, tokenizer: Any, device: Any, dtype: Any, check_tokenizer: bool) -> nn.Module:
+    from toklip.core.host import get_spec
+    from toklip.core.io import read_json
+    from toklip.gen.config import GPTConfig
+    from toklip.model.loading import materialize_missing
+    from toklip.weights.readers import load_state_dict_strict, read_checkpoint
+
+    record = read_json(path / GENERATOR_FILE, "generator config")
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ConfigError(f"{path / GENERATOR_FILE} is not a toklip generator config (format {FORMAT!r})")
+    cfg = GPTConfig.from_dict(record.get("config") or {})
+    recorded = record.get("tokenizer") or {}
+    fusion = record.get("fusion")
+    if tokenizer is None and (fusion is not None or recorded.get("source")):
+        if not recorded.get("source"):
+            raise ConfigError(f"{path}: this fused generator does not record its tokenizer; pass tokenizer=...")
+        tokenizer = recorded["source"]
+    tok, source = resolve_tokenizer(tokenizer)
+    if tok is not None and check_tokenizer and recorded.get("vq_sha256"):
+        from toklip.weights.identity import state_dict_sha256
+
+        if state_dict_sha256(getattr(tok, "vq", tok)) != recorded["vq_sha256"]:
+            raise ConfigError(
+                f"{path} was trained on the codes of another VQ (weights sha256 {recorded['vq_sha256'][:12]}...) than "
+                f"this tokenizer's: its samples would decode to noise. Pass the tokenizer it was trained with, or "
+                "check_tokenizer=False if you know better")
+    name = record.get("generator") or "gpt-b"
+    with torch.device("meta"):
+        gen = build_generator(name, tokenizer=tok, fusion=fusion, feature_layer=record.get("feature_layer"),
+                              **cfg.to_dict())
+    state = read_checkpoint(path / WEIGHTS_FILE)
+    load_state_dict_strict(gen, state, source=str(path / WEIGHTS_FILE), assign=True)
+    if not materialize_missing(gen):  # pragma: no cover
+        raise CheckpointError(f"could not materialise the generator of {path}")
+    gen.to(device=device, dtype=dtype)
+    if tok is not None and source is not None:
+        gen.toklip_meta["tokenizer"]["source"] = source
+    return gen.eval()
+
+
+def _check_sizes(gen: nn.Module, tok: Any, where: str) -> None:
+    for key, value in tokenizer_sizes(tok).items():
+        have = getattr(gen.config, key)
+        if have != value:
+            raise ConfigError(f"{where}: the generator's {key} is {have}, the tokenizer's {value}: they do not belong "
+                              "together")
