@@ -362,3 +362,14 @@ def to_pil(images: Tensor) -> list[Image.Image]:
         images = images.unsqueeze(0)
     pixels = (images.detach().float().cpu() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
     return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
+
+
+def image_grid(images: Tensor, columns: int) -> Image.Image:
+    """[B, 3, H, W] in [-1, 1] -> one sheet, row-major with ``columns`` tiles per row (white where none)."""
+    tiles = to_pil(images)
+    h, w = images.shape[-2:]
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (columns * w, rows * h), "white")
+    for k, tile in enumerate(tiles):
+        sheet.paste(tile, ((k % columns) * w, (k // columns) * h))
+    return sheet

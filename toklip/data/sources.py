@@ -101,24 +101,18 @@ class ListSource(Source):
 
 class IndexSource(ListSource):
     """The items ``0 .. n-1`` of a map-style dataset (``TokenDataset``, conversation files) as samples whose
-    ``image`` is the index: the same seeded order, shares and exact resume as every other source."""
+    ``image`` is ``(epoch, index)`` (the epoch lets a decoder draw augmentations that differ per epoch and
+    resume exactly): the same seeded order, shares and exact resume as every other source."""
 
     def __init__(self, n: int, what: str) -> None:
         if n <= 0:
             raise DataError(f"{what} has no samples")
-        self.samples = _Indices(n)  # type: ignore[assignment]
+        self.samples = range(n)  # type: ignore[assignment]
         self.num_samples, self.what = n, what
 
-
-class _Indices(Sequence):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> RawSample:  # type: ignore[override]
-        return RawSample(key=str(i), image=i, caption=None)
+    def iter_epoch(self, epoch: int, part: Part, *, seed: int, shuffle: bool, start: int) -> Iterator[RawSample]:
+        for i in self.order(epoch, part, seed=seed, shuffle=shuffle)[start:]:
+            yield RawSample(key=str(i), image=(epoch, i), caption=None)
 
 
 class WebDatasetSource(Source):

@@ -122,16 +122,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _examples_png(originals: torch.Tensor, recons: list[torch.Tensor], path: Path) -> Path:
     """One row per example image: the original, then each tokenizer's reconstruction."""
-    from PIL import Image
+    from toklip.data.preprocess import image_grid
 
-    from toklip.data.preprocess import to_pil
-
-    columns = [to_pil(originals)] + [to_pil(r) for r in recons]
-    size = originals.shape[-1]
-    sheet = Image.new("RGB", (len(columns) * size, len(originals) * size), "white")
-    for c, tiles in enumerate(columns):
-        for r, tile in enumerate(tiles):
-            sheet.paste(tile, (c * size, r * size))
+    rows = torch.stack([originals, *recons], dim=1).reshape(-1, *originals.shape[1:])
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    image_grid(rows, 1 + len(recons)).save(path)
     return path

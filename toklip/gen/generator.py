@@ -35,7 +35,9 @@ def resolve_tokenizer(tokenizer: Any) -> tuple[Any, str | None]:
         import toklip
 
         source = str(tokenizer)
-        tokenizer = toklip.load(source)
+        with torch.random.fork_rng(devices=[]):  # a preset without released weights is random: the same one each
+            torch.manual_seed(0)  # time (seed 0, as `toklip tokenize` builds it), so its codes and features match
+            tokenizer = toklip.load(source)
     if not isinstance(tokenizer, nn.Module) or not hasattr(tokenizer, "decode"):
         raise ConfigError(f"tokenizer must be a toklip model or VQ tokenizer (or a name toklip.load takes), got "
                           f"{type(tokenizer).__name__}")

@@ -59,10 +59,9 @@ def verify(out: str | Path, *, n: int = 16, spec: Any = None, device: str = "aut
            grid_path: str | Path | None = None) -> dict[str, Any]:
     """Decode ``n`` random stored samples (view 0), write ``original | reconstruction`` rows to a PNG, re-encode the
     originals and count how many stored indices they reproduce. Raises VQMismatchError for a different VQ."""
-    from PIL import Image
 
     from toklip.metrics.image import mean_psnr
-    from toklip.data.preprocess import to_pil
+    from toklip.data.preprocess import image_grid
     from toklip.tokenize.augment import make_views, to_model_range
     from toklip.tokenize.encode import build_tokenizer
 
@@ -93,14 +92,8 @@ def verify(out: str | Path, *, n: int = 16, spec: Any = None, device: str = "aut
     match = float((reencoded == indices).float().mean())
     quality = mean_psnr(recon, images)
     path = Path(grid_path) if grid_path else Path(out) / "verify.png"
-    tiles = to_pil(torch.stack([images, recon], dim=1).reshape(-1, *images.shape[1:]))
-    size = m["image_size"]
-    cols = 2 * min(4, len(chosen))
-    rows = -(-len(tiles) // cols)
-    sheet = Image.new("RGB", (cols * size, rows * size), "white")
-    for k, tile in enumerate(tiles):
-        sheet.paste(tile, ((k % cols) * size, (k // cols) * size))
-    sheet.save(path)
+    pairs = torch.stack([images, recon], dim=1).reshape(-1, *images.shape[1:])  # original | reconstruction
+    image_grid(pairs, 2 * min(4, len(chosen))).save(path)
     return {"samples": len(chosen), "reencoded_index_match": match, "psnr_db": quality,
             "weights_sha256": tok.weights_sha256, "grid": str(path)}
 

@@ -1,0 +1,62 @@
+"""``toklip generate``: sample images from a generator (a training run, a saved folder or a LlamaGen release file)
+into a PNG grid, and optionally each image as its own PNG."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+
+@click.command("generate")
+@click.argument("generator")
+@click.option("--class", "classes", type=int, multiple=True, required=True,
+              help="class label to generate (repeatable: --class 207 --class 360); --n images of each")
+@click.option("--n", "per_class", type=int, default=4, show_default=True, help="images per class")
+@click.option("--cfg", type=float, default=1.0, show_default=True, help="classifier-free guidance scale (1 = off)")
+@click.option("--cfg-interval", type=int, default=None, help="guide only the first K decode steps (LlamaGen's -1: all)")
+@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="1 = off")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="images sampled at once (default: all)")
+@click.option("--tokenizer", default=None, help="the tokenizer that decodes (default: the one the generator records)")
+@click.option("--config", default=None, help="for a LlamaGen release file: a size (gpt-b) or config.json")
+@click.option("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False), default="samples.png", show_default=True,
+              help="the PNG grid (one row per class)")
+@click.option("--each", "each_dir", type=click.Path(file_okay=False), default=None,
+              help="also write every image as its own PNG into this folder")
+def generate_command(generator: str, classes: tuple[int, ...], per_class: int, cfg: float, cfg_interval: int | None,
+                     top_k: int, top_p: float, temperature: float, seed: int, batch_size: int | None,
+                     tokenizer: str | None, config: str | None, device: str | None, out_path: str,
+                     each_dir: str | None) -> None:
+    """Sample --n images of each --class from GENERATOR (run folder, generator folder or release file)."""
+    from toklip.data.preprocess import image_grid, to_pil
+    from toklip.gen.generator import load_generator, tokenizer_of
+    from toklip.model.loading import resolve_device
+
+    if per_class < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--n")
+    dev = resolve_device(device or "auto")
+    gen = load_generator(generator, config=config, tokenizer=tokenizer, device=dev)
+    tok = tokenizer_of(gen)
+    if tok is not None:
+        tok.to(dev)
+    labels = [c for c in classes for _ in range(per_class)]
+    t0 = time.perf_counter()
+    images = gen.generate(labels=labels, cfg=cfg, cfg_interval=cfg_interval, top_k=top_k, top_p=top_p,
+                          temperature=temperature, seed=seed, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, per_class).save(out)
+    if each_dir:
+        folder = Path(each_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, (label, image) in enumerate(zip(labels, to_pil(images))):
+            image.save(folder / f"{k:05d}_class{label}.png")
+    click.echo(json.dumps({"images": len(labels), "grid": str(out), "each": each_dir, "seconds": round(seconds, 2),
+                           "images_per_s": round(len(labels) / max(seconds, 1e-9), 2), "seed": seed, "cfg": cfg}))

@@ -1,0 +1,228 @@
+"""The ``gen`` training task: a generator (LlamaGen GPT) over VQ codes, next-token cross-entropy, with the
+tokenizer frozen. The trainer brings processes, precision, checkpoints and exact resume (toklip.train.task).
+
+Data (``data.path``): the output folder of ``toklip tokenize`` (codes read from memory-mapped shards, one view
+drawn per image and epoch, seeded) or images directly (a class folder; codes computed by the tokenizer's VQ on
+the fly). Config::
+
+    task: {name: gen, generator: gpt-b, tokenizer: toklip-s-256, fusion: concat, num_classes: 1000}
+    optim: {lr: 1.0e-4, weight_decay: 0.05, betas: [0.9, 0.95], grad_clip: 1.0, schedule: const, warmup: 0}
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from toklip.core.errors import ConfigError, close_matches
+from toklip.data.sources import IndexSource, RawSample, _mix, decode_image
+from toklip.train.config import TrainConfig
+from toklip.train.data import BatchStream
+from toklip.train.distributed import DistInfo
+
+
+@dataclass
+class GenOptions:
+    """The ``task`` section of a generator run."""
+
+    generator: str = "gpt-b"
+    tokenizer: str | None = None  # what toklip.load takes; needed for fusion and for images as data
+    fusion: Any = None  # None (plain VQ inputs) | "sum" | "weighted_sum" | "concat" | {"name": ..., **kwargs}
+    feature_layer: int | None = None
+    num_classes: int | None = None  # default: the class list of the tokenized data
+    class_dropout: float = 0.1  # LlamaGen's class_dropout_prob (conditions dropped for CFG training)
+    view: Any = "random"  # which augmentation view of tokenized data: "random" (per image and epoch) or an int
+    overrides: dict[str, Any] = field(default_factory=dict)  # GPT config fields (drop_path_rate, ...)
+
+
+def parse_options(options: Mapping[str, Any]) -> GenOptions:
+    names = [f.name for f in fields(GenOptions)]
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        hints = {k: close_matches(str(k), names, n=1) for k in unknown}
+        text = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+        raise ConfigError(f"unknown key(s) in section 'task' (gen): {text}; known: {', '.join(names)}")
+    opts = GenOptions(**{k: v for k, v in options.items()})
+    if not isinstance(opts.generator, str):
+        raise ConfigError(f"task.generator must be a generator name, got {opts.generator!r}")
+    if opts.num_classes is not None and (not isinstance(opts.num_classes, int) or opts.num_classes < 1):
+        raise ConfigError(f"task.num_classes must be a positive integer, got {opts.num_classes!r}")
+    if not isinstance(opts.class_dropout, (int, float)) or not 0 <= opts.class_dropout < 1:
+        raise ConfigError(f"task.class_dropout must be in [0, 1), got {opts.class_dropout!r}")
+    if not isinstance(opts.overrides, Mapping):
+        raise ConfigError(f"task.overrides must be a mapping of GPT config fields, got {opts.overrides!r}")
+    if opts.fusion is not None and opts.tokenizer is None:
+        raise ConfigError("task.fusion reads a TokLIP's features: give task.tokenizer (e.g. toklip-s-256 or a folder)")
+    return opts
+
+
+class GenForward(nn.Module):
+    """What DDP/FSDP wrap: ``(codes, labels) -> logits``, the generator held as ``.model``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, codes: Tensor, labels: Tensor) -> Tensor:
+        return self.model(codes, labels)
+
+
+class TokenItems:
+    """Decode + collate for tokenized data: ``{"codes" [B, N], "labels" [B]}``; the view of image i in epoch e is
+    drawn from (seed, e, i), so it differs per epoch and a resumed run draws the same ones."""
+
+    def __init__(self, root: str, *, seed: int, view: Any) -> None:
+        from toklip.data.token_dataset import TokenDataset
+
+        self.dataset = TokenDataset(root, view=0)
+        self.seed, self.view = seed, view
+
+    def decode(self, s: RawSample) -> tuple[Tensor, int]:
+        epoch, index = s.image
+        views = self.dataset.tokens(index)
+        v = random.Random(_mix(self.seed, epoch, index)).randrange(len(views)) if self.view == "random" else self.view
+        shard, row = self.dataset.locate(index)
+        labels = self.dataset.record(shard).get("labels")
+        return torch.from_numpy(views[v].astype("int64")), int(labels[row]) if labels is not None else -1
+
+    @staticmethod
+    def collate(items: list[tuple[Tensor, int]]) -> dict[str, Any]:
+        return {"codes": torch.stack([c for c, _ in items]), "labels": torch.tensor([lab for _, lab in items])}
+
+
+class ImageItems:
+    """Decode + collate for class-folder images: ``{"images", "labels"}``; codes come from the VQ in ``losses``."""
+
+    def __init__(self, image_size: int, max_pixels: int | None) -> None:
+        self.image_size, self.max_pixels = image_size, max_pixels
+
+    def decode(self, s: RawSample) -> tuple[Tensor, int]:
+        return decode_image(s.image, self.image_size, "shortest", self.max_pixels), int(getattr(s, "label", -1))
+
+    @staticmethod
+    def collate(items: list[tuple[Tensor, int]]) -> dict[str, Any]:
+        return {"images": torch.stack([i for i, _ in items]), "labels": torch.tensor([lab for _, lab in items])}
+
+
+class GeneratorTask:
+    """Next-token prediction of VQ codes, conditioned on class labels (c2i)."""
+
+    name = "gen"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.options = parse_options(options)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        parse_options(options)
+
+    def setup(self, cfg: TrainConfig, info: DistInfo, *, model: nn.Module | None = None, source: Any = None) -> None:
+        from toklip.gen.generator import build_generator, resolve_tokenizer
+
+        o = self.options
+        path = cfg.data.path
+        if path is None and source is None:
+            raise ConfigError("data.path: the output folder of `toklip tokenize` (or a class folder of images)")
+        self.tokens = source is None and (Path(str(path)).expanduser() / "manifest.json").is_file()
+        tok, _ = resolve_tokenizer(o.tokenizer)
+        self.tokenizer = tok
+        classes: list[str] | None = None
+        if self.tokens:
+            self.items: Any = TokenItems(str(path), seed=cfg.train.seed, view=o.view)
+            ds = self.items.dataset
+            self.source = IndexSource(len(ds), f"tokens {path}")
+            classes = ds.classes
+            self._check_tokens_fit(ds, tok)
+        else:
+            if tok is None:
+                raise ConfigError(f"{path} is not a `toklip tokenize` output folder; to train from images directly "
+                                  "give task.tokenizer (its VQ computes the codes)")
+            if source is None:
+                from toklip.data.readers import open_images
+
+                opened = open_images(path, cfg.data.type if cfg.data.type in ("auto", "class-folder") else "auto")
+                if opened.classes is None:
+                    raise ConfigError(f"{path}: class-conditional training needs class labels (ImageNet-style class "
+                                      "folders) or tokenized data with labels")
+                source, classes = opened.source, opened.classes
+            self.source = source
+            self.items = ImageItems(tok.image_size, cfg.data.max_pixels)
+        num_classes = o.num_classes or (len(classes) if classes else None)
+        if num_classes is None:
+            raise ConfigError("task.num_classes: the data has no class list; say how many classes there are")
+        self.classes = classes
+        if model is None:
+            overrides = {**o.overrides, "class_dropout_prob": o.class_dropout}
+            if tok is None:  # plain VQ codes from tokenized data: sizes from its manifest
+                overrides.setdefault("vocab_size", self.items.dataset.vocab_size)
+                h, w = self.items.dataset.grid
+                overrides.setdefault("block_size", h * w)
+            model = build_generator(o.generator, tokenizer=tok, fusion=o.fusion, feature_layer=o.feature_layer,
+                                    num_classes=num_classes, **overrides)
+            if tok is None and self.tokens:
+                model.toklip_meta["tokenizer"] = self._tokens_tokenizer_record()
+        model.to(info.device).train()
+        if tok is not None:
+            tok.to(info.device)
+        self.model = model
+        self.module = GenForward(model)
+
+    def _check_tokens_fit(self, ds: Any, tok: Any) -> None:
+        if tok is None:
+            return
+        from toklip.gen.generator import tokenizer_sizes
+        from toklip.weights.identity import state_dict_sha256
+
+        sizes = tokenizer_sizes(tok)
+        if sizes["vocab_size"] != ds.vocab_size:
+            raise ConfigError(f"the tokens in {ds.root} have a {ds.vocab_size}-code vocabulary; task.tokenizer's VQ "
+                              f"has {sizes['vocab_size']}: they do not belong together")
+        recorded = ds.manifest.get("tokenizer", {}).get("weights_sha256")
+        if recorded and recorded != state_dict_sha256(getattr(tok, "vq", tok)):
+            raise ConfigError(f"the tokens in {ds.root} were made by another VQ (weights sha256 {recorded[:12]}...) than "
+                              "task.tokenizer's: fused features would not match the codes. Use the tokenizer "
+                              "`toklip tokenize` ran with")
+
+    def _tokens_tokenizer_record(self) -> dict[str, Any]:
+        """What made the tokens: a model source ``toklip.load`` takes is recorded for decoding; a bare VQ is named
+        (pass ``tokenizer=`` to ``load_generator`` to decode with it)."""
+        t = self.items.dataset.manifest.get("tokenizer", {})
+        return {"source": t.get("name") if t.get("source") == "model" else None, "vq": t.get("name"),
+                "vq_sha256": t.get("weights_sha256"), "vocab_size": self.items.dataset.vocab_size}
+
+    def stream(self, cfg: TrainConfig, info: DistInfo) -> BatchStream:
+        return BatchStream(self.source, batch_size=cfg.data.batch_size, decode=self.items.decode,
+                           collate=self.items.collate, rank=info.rank, world=info.world_size,
+                           workers=cfg.data.workers, seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+
+    def losses(self, runner: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+        labels = batch["labels"].to(device, non_blocking=True)
+        if "codes" in batch:
+            codes = batch["codes"].to(device, non_blocking=True)
+        else:
+            with torch.no_grad():
+                codes = self.tokenizer.vq.encode(batch["images"].to(device)).indices.flatten(1)
+        logits = runner(codes, labels)
+        return {"ce": F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())}
+
+    def after_step(self) -> None:
+        return None
+
+    def log_values(self) -> dict[str, float]:
+        return {}
+
+    def save(self, directory: Path, state: dict[str, Tensor]) -> None:
+        from toklip.gen.generator import save_generator
+
+        save_generator(self.model, directory, state=state)
+
+    def describe(self) -> str:
+        o = self.options
+        return f"{o.generator} ({'plain VQ inputs' if o.fusion is None else f'fusion {o.fusion}'})"
