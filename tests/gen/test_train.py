@@ -95,3 +95,17 @@ def test_generate_command_writes_the_grid_and_each_image(data, tmp_path, capsys)
     with pytest.raises(SystemExit) as e:
         main(["generate", str(tmp_path / "run"), "--class", "5"])
     assert e.value.code != 0 and "class labels must be in" in capsys.readouterr().err
+
+
+def test_eval_fid_in_the_toklip_space_offline(data, tmp_path, capsys):
+    from toklip.cli import main
+
+    train(config(data, tmp_path / "run", steps=2), echo=lambda s: None)
+    capsys.readouterr()
+    main(["eval", "fid", str(tmp_path / "run"), "--reference", str(data / "images" / "cat"), "--n", "4",
+          "--space", "toklip", "--batch-size", "2", "--out", str(tmp_path / "fid.json")])
+    res = json.loads((tmp_path / "fid.json").read_text())
+    assert res["n"] == 4 and res["fid"] > 0 and res["space"] == "toklip" and res["sampling"]["classes"] == 2
+    with pytest.raises(SystemExit):
+        main(["eval", "fid", str(tmp_path / "run"), "--reference", str(data / "images" / "cat"), "--n", "4"])
+    assert "--inception-weights" in capsys.readouterr().err

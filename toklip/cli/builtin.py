@@ -16,7 +16,7 @@ LAZY_COMMANDS = {
     "demo": ("toklip.cli.demo:demo", "Build toklip-test, tokenize a bundled image, decode it, print what happened."),
     "quickstart": ("toklip.train.quickstart:quickstart_command", "Train a tiny TokLIP end to end on bundled data (CPU)."),
     "train": ("toklip.train.cli:train_command", "Train from a config: TokLIP, a generator or a VLM (task.name)."),
-    "eval": ("toklip.eval.cli:eval_command", "Zero-shot classification and retrieval evaluation."),
+    "eval": ("toklip.eval.cli:eval_command", "Evaluate: zero-shot, retrieval, reconstruction, generator FID / IS."),
     "ablate": ("toklip.train.ablate:ablate_command", "Run the paper's ablations on the quickstart data."),
     "serve": ("toklip.serve.cli:serve_command", "Serve tokenize/embed/decode over HTTP."),
     "tokenize": ("toklip.tokenize.cli:tokenize_command", "Pre-tokenize an image dataset into token shards."),

@@ -25,7 +25,8 @@ def _model_options(f):  # type: ignore[no-untyped-def]
 
 @click.group("eval", context_settings={"help_option_names": ["-h", "--help"]})
 def eval_command() -> None:
-    """Evaluate: zero-shot classification, image-text retrieval (TokLIP models), reconstruction (VQ tokenizers)."""
+    """Evaluate: zero-shot classification, image-text retrieval (TokLIP models), reconstruction (VQ tokenizers),
+    FID / IS of generators."""
 
 
 @eval_command.command("zeroshot")
@@ -115,3 +116,66 @@ def recon_command(images: str, vqs: tuple[str, ...], models: tuple[str, ...], ra
                      precision=precision, inception_weights=inception_weights, lpips_weights=lpips_weights, png=png)
     write_results(out_path, res)
     click.echo(format_table(res))
+
+
+@eval_command.command("fid")
+@click.argument("generator")
+@click.option("--reference", required=True,
+              help="reference images: a folder, an .npz (ADM's VIRTUAL_imagenet256_labeled.npz) or a statistics file")
+@click.option("--n", "n", type=int, default=50_000, show_default=True, help="samples to generate (class-balanced)")
+@click.option("--space", type=click.Choice(["inception", "toklip", "teacher"]), default="inception", show_default=True,
+              help="inception: FID + IS with --inception-weights; toklip / teacher: FID in that embedding space "
+                   "(offline, compares only with the same model)")
+@click.option("--inception-weights", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="torchmetrics' FID Inception weights file (pt_inception-2015-12-05-6726825d.pth); nothing downloads")
+@click.option("--classes", "num_classes", type=int, default=None, help="classes to cycle through (default: all)")
+@click.option("--cfg", type=float, default=1.0, show_default=True)
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tokenizer", default=None, help="the tokenizer that decodes (default: the one the generator records)")
+@click.option("--config", default=None, help="for a LlamaGen release file: a size (gpt-b) or config.json")
+@click.option("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+@click.option("--batch-size", default=50, show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="write results JSON here")
+def fid_command(generator: str, reference: str, n: int, space: str, inception_weights: str | None,
+                num_classes: int | None, cfg: float, top_k: int, top_p: float, temperature: float, seed: int,
+                tokenizer: str | None, config: str | None, device: str | None, batch_size: int,
+                out_path: str | None) -> None:
+    """FID (and IS) of N class-balanced samples of GENERATOR against --reference; the result records the evaluator,
+    resize rule, reference and sample count."""
+    from toklip.eval.common import write_results
+    from toklip.gen.evaluate import feature_fid, inception_fid_is
+    from toklip.gen.generator import load_generator, tokenizer_of
+    from toklip.model.loading import resolve_device
+
+    if n < 2:
+        raise click.BadParameter("FID needs at least 2 samples", param_hint="--n")
+    if space == "inception" and inception_weights is None:
+        raise click.UsageError("--space inception needs --inception-weights PATH (torchmetrics' FID Inception file, "
+                               "pt_inception-2015-12-05-6726825d.pth); or use --space toklip / teacher offline")
+    dev = resolve_device(device or "auto")
+    gen = load_generator(generator, config=config, tokenizer=tokenizer, device=dev)
+    tok = tokenizer_of(gen)
+    if tok is not None:
+        tok.to(dev)
+    classes = num_classes or gen.config.num_classes
+    labels = [i % classes for i in range(n)]
+
+    def batches():  # drawn lazily: the reference and weights are checked before the first sample
+        for k, start in enumerate(range(0, n, batch_size)):
+            yield gen.generate(labels=labels[start:start + batch_size], cfg=cfg, top_k=top_k, top_p=top_p,
+                               temperature=temperature, seed=seed + k)
+
+    if space == "inception":
+        res = inception_fid_is(batches(), reference, inception_weights=inception_weights, n=n, batch_size=batch_size,
+                               device=str(dev))
+    else:
+        if tok is None or not hasattr(tok, "encode_image"):
+            raise click.UsageError(f"--space {space} measures in a TokLIP's embedding space: give --tokenizer")
+        res = feature_fid(batches(), reference, encoder=tok, space=space, n=n, batch_size=batch_size)
+    res.update({"generator": generator, "sampling": {"cfg": cfg, "top_k": top_k, "top_p": top_p,
+                                                     "temperature": temperature, "seed": seed, "classes": classes}})
+    write_results(out_path, res)
+    click.echo(json.dumps(res, indent=2))
