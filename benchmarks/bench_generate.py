@@ -1,8 +1,10 @@
 """Autoregressive sampling speed: images/s and tokens/s of toklip's GPT sampler, CFG on and off.
 
-Measured now: (a) plain VQ GPT sampling (``toklip.gen.sample``: static KV cache, one token per step).
-To come with fused inputs (issue 12 parts 2-3): (b) fused sampling with the incremental TokLIP step API and
-(c) fused sampling re-encoding the prefix every step; they are listed as "not implemented" rows until then.
+Providers, same weights and conditions: (a) ``toklip``: plain VQ GPT sampling (static KV cache, one token per
+step); (b) ``fused-step``: fused inputs ``concat(E[x_i], s_i)`` with the incremental TokLIP (``TokLIP.stream``:
+each token's feature computed once); (c) ``fused-reencode``: the same model re-encoding the whole prefix every
+step (N(N+1)/2 token passes, what a model without the step API must do); ``toklip-stream``: the TokLIP stream
+alone (N steps). Ratios: (b) vs (c) (goal >= 20x on GPU at N = 256), and (b) / ((a) + stream) (goal <= 1.15).
 
 Configs:
 - ``tiny``: ``gpt-test`` (2 layers, width 64, 512 codes) on a 4x4 grid, fp32. Runs anywhere.
@@ -36,14 +38,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as H  # noqa: E402
 
-CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": {"name": "gpt-test", "overrides": {}, "dtype": torch.float32, "batch": [8], "cuda_only": False},
+CONFIGS: dict[str, dict[str, Any]] = {  # "toklip": the preset and image size whose grid is the GPT's
+    "tiny": {"name": "gpt-test", "overrides": {}, "dtype": torch.float32, "batch": [8], "cuda_only": False,
+             "toklip": ("toklip-test", 32)},
     "tiny-256": {"name": "gpt-test", "overrides": {"block_size": 256}, "dtype": torch.float32, "batch": [8],
-                 "cuda_only": False},
-    "gpt-b": {"name": "gpt-b", "overrides": {}, "dtype": torch.bfloat16, "batch": [32, 128], "cuda_only": True},
+                 "cuda_only": False, "toklip": ("toklip-test", 128)},
+    "gpt-b": {"name": "gpt-b", "overrides": {}, "dtype": torch.bfloat16, "batch": [32, 128], "cuda_only": True,
+              "toklip": ("toklip-s-256", 256)},
 }
 CFG_SCALES = {"cfg-off": 1.0, "cfg-on": 2.0}
-NOT_YET = ("fused-step", "fused-reencode")  # (b) and (c): need the fused generator and TokLIP's step API
 
 
 def build_model(config: dict[str, Any], device: torch.device) -> Any:
@@ -55,6 +58,45 @@ def build_model(config: dict[str, Any], device: torch.device) -> Any:
     with torch.no_grad():
         torch.nn.init.normal_(model.output.weight, std=0.02)
     return model.to(device=device, dtype=config["dtype"]).eval()
+
+
+def build_fused(config: dict[str, Any], model: Any, device: torch.device) -> Any:
+    """(b)'s generator: the same GPT weights plus concat fusion over a random-weight TokLIP of the same grid."""
+    import toklip
+
+    preset, size = config["toklip"]
+    torch.manual_seed(0)
+    tok = toklip.build(preset, image_size=size).to(device=device, dtype=config["dtype"]).eval()
+    fused = toklip.build_generator(config["name"], tokenizer=tok, fusion="concat", **config["overrides"],
+                                   vocab_size=tok.vq.vocab_size)
+    state = {k: v for k, v in model.state_dict().items() if k not in ("tok_embeddings.weight", "output.weight")}
+    fused.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        torch.nn.init.normal_(fused.output.weight, std=0.02)
+    return fused.to(device=device, dtype=config["dtype"]).eval(), tok
+
+
+class Reencoding:
+    """(c): the prefix re-encoded from token 0 at every step (a fresh stream over the whole prefix)."""
+
+    def __init__(self, tok: Any, batch: int) -> None:
+        self.tok, self.prefix = tok, torch.empty(batch, 0, dtype=torch.long, device=tok.device)
+
+    def step(self, codes: torch.Tensor) -> torch.Tensor:
+        self.prefix = torch.cat([self.prefix, codes.reshape(codes.shape[0], -1)], dim=1)
+        n = codes.reshape(codes.shape[0], -1).shape[1]
+        return self.tok.stream(self.prefix.shape[0]).step(self.prefix)[:, -n:]
+
+
+def stream_alone(tok: Any, batch: int, n: int) -> Any:
+    codes = torch.randint(0, tok.vq.vocab_size, (batch, n), generator=torch.Generator().manual_seed(4)).to(tok.device)
+
+    def run() -> Any:
+        s = tok.stream(batch)
+        for i in range(n):
+            s.step(codes[:, i])
+
+    return run
 
 
 def conditions(model: Any, batch: int, device: torch.device) -> torch.Tensor:
@@ -121,10 +163,15 @@ def measure_config(cname: str, run: H.Run, args: argparse.Namespace, official: A
     if config["cuda_only"] and run.device.type != "cuda":
         return [H.Row("bench_generate", "toklip", "-", {"config": cname}, ok=False, error="needs a CUDA GPU")]
     model = build_model(config, run.device)
+    fused, tok = build_fused(config, model, run.device)
     theirs = official_model(official[0], model) if official else None
     rows: list[H.Row] = []
     for batch in [int(b) for b in args.batch.split(",")] if args.batch else config["batch"]:
         cond = conditions(model, batch, run.device)
+        shape = {"config": cname, "batch": batch, "tokens": model.num_tokens}
+        alone = H.Row("bench_generate", "toklip-stream", "-", shape)
+        rows.append(H.run_guarded(alone, lambda row=alone, fn=stream_alone(tok, batch, model.num_tokens):
+                                  timed(row, fn, run, args)))
         for mode, cfg in CFG_SCALES.items():
             shape = {"config": cname, "batch": batch, "tokens": model.num_tokens}
 
@@ -136,6 +183,7 @@ def measure_config(cname: str, run: H.Run, args: argparse.Namespace, official: A
 
             row = H.Row("bench_generate", "toklip", mode, shape)
             rows.append(H.run_guarded(row, lambda row=row, fn=ours, gate=gate: timed(row, fn, run, args, gate)))
+            rows += fused_rows(fused, tok, cond, cfg, mode, shape, run, args)
             if theirs is not None:
                 def baseline(cond: torch.Tensor = cond, cfg: float = cfg) -> Any:
                     with torch.no_grad():
@@ -155,8 +203,44 @@ def measure_config(cname: str, run: H.Run, args: argparse.Namespace, official: A
                 row = H.Row("bench_generate", "llamagen-official", mode, shape)
                 rows.append(H.run_guarded(
                     row, lambda row=row, fn=baseline, gate=same_greedy: timed(row, fn, run, args, gate)))
-            for provider in NOT_YET:
-                rows.append(H.Row("bench_generate", provider, mode, shape, ok=False, error="not implemented yet"))
+    return rows
+
+
+def fused_rows(fused: Any, tok: Any, cond: torch.Tensor, cfg: float, mode: str, shape: dict[str, Any],
+               run: H.Run, args: argparse.Namespace) -> list[H.Row]:
+    """(b) and (c) on the same weights; the gate: both draw the same greedy sequence (same features)."""
+    from toklip.gen import sample
+
+    inputs = fused.image_inputs
+    start = inputs.start
+
+    def reencode_start(batch: int) -> Any:
+        return Reencoding(tok, batch)
+
+    def step() -> Any:
+        return sample(fused, cond, cfg=cfg, seed=0)
+
+    def reencode() -> Any:
+        inputs.start = reencode_start
+        try:
+            return sample(fused, cond, cfg=cfg, seed=0)
+        finally:
+            inputs.start = start
+
+    def gate() -> str | None:
+        a = sample(fused, cond[:2], cfg=cfg, greedy=True)
+        inputs.start = reencode_start
+        try:
+            b = sample(fused, cond[:2], cfg=cfg, greedy=True)
+        finally:
+            inputs.start = start
+        return None if torch.equal(a, b) else "the step API and re-encoding give different greedy sequences"
+
+    rows = []
+    for provider, fn in (("fused-step", step), ("fused-reencode", reencode)):
+        row = H.Row("bench_generate", provider, mode, dict(shape))
+        rows.append(H.run_guarded(row, lambda row=row, fn=fn: timed(row, fn, run, args,
+                                                                       gate if provider == "fused-step" else None)))
     return rows
 
 
@@ -168,6 +252,21 @@ def measure(run: H.Run, args: argparse.Namespace) -> list[H.Row]:
         rows += measure_config(cname, run, args, official)
         H.free_memory()
     return rows
+
+
+def fused_ratios(rows: list[H.Row]) -> list[dict[str, Any]]:
+    """(b) vs (c), and (b) against its two parts measured alone, per config, batch and CFG mode."""
+    ms = {(r.provider, r.mode, r.shape["config"], r.shape["batch"]): r.ms for r in rows if r.ms}
+    out = []
+    for (provider, mode, config, batch), step_ms in ms.items():
+        if provider != "fused-step":
+            continue
+        reenc, plain = ms.get(("fused-reencode", mode, config, batch)), ms.get(("toklip", mode, config, batch))
+        stream = ms.get(("toklip-stream", "-", config, batch))
+        if reenc and plain and stream:
+            out.append({"config": config, "batch": batch, "mode": mode, "step_vs_reencode": reenc / step_ms,
+                        "step_vs_parts": step_ms / (plain + stream)})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         shown = f"{row.ms:9.1f} ms  {ips:9.2f} img/s  {tps:10.0f} tok/s" if row.ms else (row.error or "")
         print(f"{row.provider:18s} {row.mode:8s} {row.shape}  {shown}")
     H.print_ratio_table([r for r in rows if r.ms is not None], "toklip", shape_cols=["config", "batch", "tokens"])
-    meta = {"note": "(a) plain VQ GPT sampling only; (b)/(c) fused sampling arrive with issue 12 parts 2-3"}
+    ratios = fused_ratios(rows)
+    for r in ratios:
+        print(f"{r['config']} batch {r['batch']} {r['mode']}: fused-step is {r['step_vs_reencode']:.1f}x faster than "
+              f"re-encoding; fused-step / (plain + TokLIP stream) = {r['step_vs_parts']:.2f}")
+    meta = {"ratios": ratios, "goals": {"step_vs_reencode": ">= 20 on GPU at N = 256", "step_vs_parts": "<= 1.15"}}
     print("wrote", H.write_results("bench_generate", rows, meta=meta, out_dir=args.out))
     return 0
 

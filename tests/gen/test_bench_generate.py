@@ -23,4 +23,7 @@ def test_bench_generate_smoke(tmp_path, monkeypatch):
     for mode in ("cfg-off", "cfg-on"):
         row = rows[("toklip", mode)]
         assert row["ok"] and row["ms"] > 0 and row["extra"]["tokens_per_s"] > 0, row
-        assert rows[("fused-step", mode)]["error"] == "not implemented yet"
+        for provider in ("fused-step", "fused-reencode"):
+            assert rows[(provider, mode)]["ok"] and rows[(provider, mode)]["ms"] > 0, rows[(provider, mode)]
+    assert rows[("toklip-stream", "-")]["ok"]
+    assert {r["mode"] for r in result["ratios"]} == {"cfg-off", "cfg-on"}

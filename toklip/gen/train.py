@@ -124,14 +124,18 @@ class GeneratorTask:
         parse_options(options)
 
     def setup(self, cfg: TrainConfig, info: DistInfo, *, model: nn.Module | None = None, source: Any = None) -> None:
-        from toklip.gen.generator import build_generator, resolve_tokenizer
+        """``model``: a generator from ``build_generator`` (its tokenizer attached); ``source``: labelled image samples
+        (``LabeledSample``) instead of ``data.path``."""
+        from toklip.gen.generator import build_generator, resolve_tokenizer, tokenizer_of
 
         o = self.options
         path = cfg.data.path
         if path is None and source is None:
             raise ConfigError("data.path: the output folder of `toklip tokenize` (or a class folder of images)")
         self.tokens = source is None and (Path(str(path)).expanduser() / "manifest.json").is_file()
-        tok, _ = resolve_tokenizer(o.tokenizer)
+        tok = tokenizer_of(model) if model is not None else None
+        if tok is None:
+            tok, _ = resolve_tokenizer(o.tokenizer)
         self.tokenizer = tok
         classes: list[str] | None = None
         if self.tokens:
@@ -154,11 +158,11 @@ class GeneratorTask:
                 source, classes = opened.source, opened.classes
             self.source = source
             self.items = ImageItems(tok.image_size, cfg.data.max_pixels)
-        num_classes = o.num_classes or (len(classes) if classes else None)
-        if num_classes is None:
-            raise ConfigError("task.num_classes: the data has no class list; say how many classes there are")
         self.classes = classes
         if model is None:
+            num_classes = o.num_classes or (len(classes) if classes else None)
+            if num_classes is None:
+                raise ConfigError("task.num_classes: the data has no class list; say how many classes there are")
             overrides = {**o.overrides, "class_dropout_prob": o.class_dropout}
             if tok is None:  # plain VQ codes from tokenized data: sizes from its manifest
                 overrides.setdefault("vocab_size", self.items.dataset.vocab_size)
@@ -224,5 +228,6 @@ class GeneratorTask:
         save_generator(self.model, directory, state=state)
 
     def describe(self) -> str:
-        o = self.options
-        return f"{o.generator} ({'plain VQ inputs' if o.fusion is None else f'fusion {o.fusion}'})"
+        meta = getattr(self.model, "toklip_meta", {})
+        fusion = (meta.get("fusion") or {}).get("name")
+        return f"{meta.get('generator') or self.options.generator} ({f'fusion {fusion}' if fusion else 'plain VQ inputs'})"
