@@ -21,7 +21,7 @@ from torch import Tensor
 
 from toklip.core.errors import ConfigError
 from toklip.eval.common import check_model_has_text, encode_images, image_loader, read_lines_or_json
-from toklip.train.data import IMAGE_EXTS
+from toklip.data.sources import IMAGE_EXTS
 
 _WNID = re.compile(r"n\d{8}")
 
