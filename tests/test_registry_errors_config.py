@@ -137,6 +137,6 @@ def test_image_size_too_far_from_the_encoder_grid_is_refused():
 
 def test_list_components_all_kinds():
     everything = toklip.list_components()
-    assert set(everything) == {"vq", "encoder", "projector", "attention", "attn_backend", "fusion", "preset"}
+    assert set(everything) == {"vq", "encoder", "projector", "attention", "attn_backend", "fusion", "generator", "vlm_projector", "preset"}
     assert {"toklip-s-256", "toklip-l-384", "toklip-test"} <= set(everything["preset"])
     assert isinstance(toklip.get_spec("vq", "llamagen"), ComponentSpec)

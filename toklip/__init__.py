@@ -38,6 +38,9 @@ _LAZY = {
     "attention_backend": "toklip.layers.attention:attention_backend",
     "build_generator": "toklip.gen.generator:build_generator",
     "load_generator": "toklip.gen.generator:load_generator",
+    "build_vlm": "toklip.vlm.model:build_vlm",
+    "load_vlm": "toklip.vlm.saving:load_vlm",
+    "VLM": "toklip.vlm.model:VLM",
 }
 
 __all__ = [
@@ -70,6 +73,8 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
     from toklip.gen.generator import build_generator, load_generator
+    from toklip.vlm.model import VLM, build_vlm
+    from toklip.vlm.saving import load_vlm
     from toklip.layers.attention import attention_backend
     from toklip.model.factory import build, list_presets
     from toklip.model.loading import from_pretrained, load, load_official

@@ -40,7 +40,7 @@ def test_eval_is_wired_lazily():
     code = ("import sys; from toklip.cli import cli; cli.main(['--help'], standalone_mode=False); "
             "print('LOADED' if 'toklip.eval.cli' in sys.modules or 'torch' in sys.modules else 'LAZY')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "eval" in out and "Zero-shot classification and retrieval" in out
+    assert "eval" in out and "Evaluate: zero-shot, retrieval" in out
     assert out.strip().endswith("LAZY")
     help_out = invoke("eval", "--help").output
     assert "zeroshot" in help_out and "retrieval" in help_out

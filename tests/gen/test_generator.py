@@ -145,3 +145,17 @@ def test_a_llamagen_release_file_loads_with_a_tokenizer(tok, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(back(codes, [0, 1]), gen(codes, [0, 1]), rtol=0, atol=0)
     assert back.generate(labels=[2], seed=0).shape[0] == 1
+
+
+def test_a_plugin_registers_a_generator_through_the_hook(tok):
+    class WideGPT:
+        @toklip.hookimpl
+        def register_generators(self, register):
+            register("wide-gpt-test", "toklip.gen.gpt:gpt_test", defaults={"dim": 128}, summary="a wider gpt-test")
+
+    with toklip.temp_plugin(WideGPT(), name="wide-gpt"):
+        assert "wide-gpt-test" in toklip.list_components("generator")
+        assert toklip.get_spec("generator", "wide-gpt-test").provider.plugin == "wide-gpt"
+        gen = toklip.build_generator("wide-gpt-test", tokenizer=tok, fusion="sum", num_classes=10)
+        assert gen.config.dim == 128 and gen.image_inputs.fusion_name == "sum"
+    assert "wide-gpt-test" not in toklip.list_components("generator")

@@ -92,3 +92,11 @@ def test_non_image_upload_shows_the_server_error(page, tmp_path):
     page.wait_for_function("() => document.getElementById('status').className === 'error'", timeout=30_000)
     assert "400" in page.inner_text("#status") and "not an image" in page.inner_text("#status")
     assert [p for p in problems if not p.startswith("console: Failed to load resource")] == []
+
+
+def test_generate_panel_is_disabled_with_a_note_without_a_generator(page):
+    page, problems = page
+    page.wait_for_function("() => document.getElementById('generate').dataset.available === 'false'", timeout=30_000)
+    assert page.is_disabled("#gen-run") and page.is_disabled("#gen-class")
+    assert "--generator" in page.inner_text("#gen-note")
+    assert problems == []

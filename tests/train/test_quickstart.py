@@ -103,14 +103,18 @@ def test_quickstart_writes_everything_it_promises(quickstart_dir):
 
 def test_quality_failures_name_each_stage_below_its_floor_and_what_it_reached():
     report = Q.QuickstartReport(out_dir="x", vq={"psnr_db": 27.1}, teacher={"zero_shot_top1": 0.93},
-                                toklip={"zero_shot_top1": 0.91})
+                                toklip={"zero_shot_top1": 0.91}, generator={"class_accuracy": 0.6})
     assert Q.quality_failures(report) == []
+    report.generator["class_accuracy"] = 0.11
+    assert Q.quality_failures(report) == ["stage 5/5, the generator: class accuracy of its samples 11.0%, below its "
+                                          "floor of 25.0%"]
+    report.generator["class_accuracy"] = 0.6
     report.vq["psnr_db"] = 12.34
     report.toklip["zero_shot_top1"] = 0.05
     failures = Q.quality_failures(report)
     assert len(failures) == 2
-    assert "stage 1/3, the VQ tokenizer" in failures[0] and "12.3 dB" in failures[0] and "20.0 dB" in failures[0]
-    assert "stage 3/3, TokLIP" in failures[1] and "5.0%" in failures[1] and "50.0%" in failures[1]
+    assert "stage 1/5, the VQ tokenizer" in failures[0] and "12.3 dB" in failures[0] and "20.0 dB" in failures[0]
+    assert "stage 3/5, TokLIP" in failures[1] and "5.0%" in failures[1] and "50.0%" in failures[1]
     report.teacher["zero_shot_top1"] = float("nan")  # a broken evaluation is a failure, not a pass
     assert any("teacher" in f for f in Q.quality_failures(report))
 
@@ -136,7 +140,7 @@ def test_a_stage_below_its_floor_fails_the_command_loudly_and_still_writes_the_r
                                     ["--out", str(out), "--scale", str(SMOKE), "--quiet", "--check"])
     assert result.exit_code == 1, result.output + repr(result.exception)
     assert "FAILED its quality check" in result.output
-    assert "stage 2/3, the teacher CLIP: zero-shot top-1 3.0%, below its floor of 50.0%" in result.output
+    assert "stage 2/5, the teacher CLIP: zero-shot top-1 3.0%, below its floor of 50.0%" in result.output
     report = json.loads((out / "report.json").read_text())
     assert report["quality"]["checked"] is True
     assert any("teacher CLIP: zero-shot top-1 3.0%" in f for f in report["quality"]["failures"])

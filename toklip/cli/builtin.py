@@ -17,10 +17,11 @@ LAZY_COMMANDS = {
     "quickstart": ("toklip.train.quickstart:quickstart_command", "Train a tiny TokLIP end to end on bundled data (CPU)."),
     "train": ("toklip.train.cli:train_command", "Train from a config: TokLIP, a generator or a VLM (task.name)."),
     "eval": ("toklip.eval.cli:eval_command", "Evaluate: zero-shot, retrieval, reconstruction, generator FID / IS."),
-    "ablate": ("toklip.train.ablate:ablate_command", "Run the paper's ablations on the quickstart data."),
+    "ablate": ("toklip.train.ablate:ablate_command", "The paper's ablations on the quickstart data (tokenizer variants; fusion, comprehension)."),
     "serve": ("toklip.serve.cli:serve_command", "Serve tokenize/embed/decode over HTTP."),
     "tokenize": ("toklip.tokenize.cli:tokenize_command", "Pre-tokenize an image dataset into token shards."),
     "generate": ("toklip.gen.cli:generate_command", "Sample images from a trained generator into a PNG grid."),
+    "chat": ("toklip.vlm.chat_cli:chat_command", "Chat with a trained VLM about an image (the reply streams)."),
 }
 
 

@@ -225,7 +225,6 @@ def load_generator(
 
 
 def _load_folder(path: Path, *, tokenizer: Any, device: Any, dtype: Any, check_tokenizer: bool) -> nn.Module:
-    from toklip.core.host import get_spec
     from toklip.core.io import read_json
     from toklip.gen.config import GPTConfig
     from toklip.model.loading import materialize_missing

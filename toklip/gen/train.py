@@ -98,17 +98,24 @@ class TokenItems:
 
 
 class ImageItems:
-    """Decode + collate for class-folder images: ``{"images", "labels"}``; codes come from the VQ in ``losses``."""
+    """Decode + collate for labelled samples (``LabeledSample``) whose ``image`` is an image (``{"images", "labels"}``;
+    the VQ computes the codes in ``losses``) or codes computed once beforehand, an integer tensor ``[N]``
+    (``{"codes", "labels"}``, as from tokenized data)."""
 
     def __init__(self, image_size: int, max_pixels: int | None) -> None:
         self.image_size, self.max_pixels = image_size, max_pixels
 
     def decode(self, s: RawSample) -> tuple[Tensor, int]:
-        return decode_image(s.image, self.image_size, "shortest", self.max_pixels), int(getattr(s, "label", -1))
+        label = int(getattr(s, "label", -1))
+        if isinstance(s.image, Tensor) and not s.image.is_floating_point():
+            return s.image.long(), label
+        return decode_image(s.image, self.image_size, "shortest", self.max_pixels), label
 
     @staticmethod
     def collate(items: list[tuple[Tensor, int]]) -> dict[str, Any]:
-        return {"images": torch.stack([i for i, _ in items]), "labels": torch.tensor([lab for _, lab in items])}
+        first = items[0][0]
+        key = "images" if first.is_floating_point() else "codes"
+        return {key: torch.stack([i for i, _ in items]), "labels": torch.tensor([lab for _, lab in items])}
 
 
 class GeneratorTask:

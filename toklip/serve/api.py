@@ -20,6 +20,7 @@ from toklip.serve import schemas
 from toklip.serve.batcher import Batcher, QueueFull, ShuttingDown
 from toklip.serve.engine import Engine
 from toklip.serve.errors import bad_request, invalid, unavailable
+from toklip.serve.generate import add_generate_route
 from toklip.serve.images import images_to_batch
 from toklip.serve.inputs import BodyLimits, Parsed, body_limits, parse_request
 from toklip.serve.metrics import Metrics
@@ -44,6 +45,7 @@ class ServerState:
     ready: bool = False
     warmup_error: str | None = None
     decode_limiter: Any = field(default=None)  # anyio.CapacityLimiter, made in the app's lifespan
+    generator: Any = None  # toklip.serve.generate.GenerateEngine when started with --generator
 
     async def submit(self, op: str, payload: Any, n: int) -> Any:
         if self.warmup_error is not None:
@@ -121,7 +123,9 @@ def build_router(state: ServerState) -> APIRouter:
                 "max_index_file_bytes": state.limits(INDICES).binary_bytes,
                 "allowed_image_formats": list(ALLOWED_FORMATS),
                 "max_aspect_ratio": MAX_ASPECT_RATIO,
+                "max_generate_images": s.generate_limit,
             },
+            "generator": None if state.generator is None else state.generator.info.to_json(),
         }
 
     @router.post(
@@ -211,6 +215,7 @@ def build_router(state: ServerState) -> APIRouter:
         pngs = await state.offload(lambda: [encode_png(p) for p in pixels.numpy()])
         return png_response(pngs, fmt, state.meta())
 
+    add_generate_route(router, state)
     return router
 
 

@@ -28,6 +28,7 @@ from toklip.serve.api import ServerState, build_router
 from toklip.serve.batcher import Batcher
 from toklip.serve.engine import Engine
 from toklip.serve.errors import APIError, error_body
+from toklip.serve.generate import GenerateEngine
 from toklip.serve.metrics import Metrics
 from toklip.serve.middleware import AuthMiddleware, LimitsMiddleware, ObserveMiddleware
 from toklip.serve.settings import ServeSettings
@@ -39,7 +40,8 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 's
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 DESCRIPTION = """TokLIP visual tokenizer as a service: images to discrete VQ tokens and semantic features,
-normalised image and text embeddings, image-text similarity, and decoding tokens back to pixels.
+normalised image and text embeddings, image-text similarity, and decoding tokens back to pixels; with a
+generator (`--generator`), class-conditional image generation.
 
 Images come as multipart uploads (field `image`), base64 strings in JSON (`images`), or the file itself as
 the body. The server never fetches URLs. Errors are always JSON: `{"error": {"status", "code", "message"}}`.
@@ -59,18 +61,24 @@ def create_app(
     settings: ServeSettings | None = None,
     *,
     on_ready: Callable[[float], None] | None = None,
+    generator: Any = None,
 ) -> FastAPI:
-    """Serve one TokLIP model (or an ``Engine`` around one) with the given limits."""
+    """Serve one TokLIP model (or an ``Engine`` around one) with the given limits; ``generator`` (a generator
+    with its tokenizer attached, or a ``GenerateEngine``) also serves POST /v1/generate."""
     settings = settings or ServeSettings()
     engine = model if isinstance(model, Engine) else Engine(model, max_batch=settings.max_batch)
     metrics = Metrics()
     state = ServerState(engine, settings, metrics)
+    if generator is not None:
+        state.generator = generator if isinstance(generator, GenerateEngine) else GenerateEngine(generator)
 
     async def warm_up() -> None:
         assert state.batcher is not None
         t0 = time.perf_counter()
         try:
             await state.batcher.run_exclusive(engine.warm_up)
+            if state.generator is not None:
+                await state.batcher.run_exclusive(state.generator.warm_up)
         except Exception as e:  # noqa: BLE001 - reported by /readyz and every request
             log.exception("warm-up failed")
             state.warmup_error = type(e).__name__  # the details (paths, device messages) go to the log only
@@ -83,8 +91,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.decode_limiter = anyio.CapacityLimiter(settings.decode_threads)
+        runners = {"image": engine.run_images, "text": engine.run_texts, "decode": engine.run_decode}
+        if state.generator is not None:
+            runners["generate"] = state.generator.run
         batcher = Batcher(
-            {"image": engine.run_images, "text": engine.run_texts, "decode": engine.run_decode},
+            runners,
             max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000.0, max_queue=settings.max_queue,
             on_batch=metrics.observe_batch, on_depth=metrics.queue_depth.set,
         )

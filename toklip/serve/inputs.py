@@ -172,8 +172,9 @@ def limit_body(request: Request, limit: int, what: str) -> Request:
     arrives). The server-wide limit (LimitsMiddleware) still applies on top."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
-        raise too_large(_too_large(declared if len(declared) <= 18 else "more than 10**18", limit, what),
-                        "body_too_large")
+        raise APIError(413, "body_too_large",  # the body is never read: close, or it would be the next request
+                       _too_large(declared if len(declared) <= 18 else "more than 10**18", limit, what),
+                       {"Connection": "close"})
     received = 0
 
     async def receive() -> Any:
@@ -182,7 +183,8 @@ def limit_body(request: Request, limit: int, what: str) -> Request:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise too_large(_too_large(f"more than {limit:,}", limit, what), "body_too_large")
+                raise APIError(413, "body_too_large", _too_large(f"more than {limit:,}", limit, what),
+                               {"Connection": "close"})
         return message
 
     return Request(request.scope, receive)

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+GENERATE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 STATUSES = frozenset({200, 204, 304, 400, 401, 403, 404, 405, 408, 413, 415, 422, 429, 431, 500, 503, 504})
 
@@ -61,11 +62,19 @@ class Metrics:
         self.items = Counter("toklip_items", "Items (images, texts, index grids) processed", ["op"], registry=r)
         self.rejected = Counter("toklip_rejected", "Requests refused for load or limits", ["reason"], registry=r)
         self.ready = Gauge("toklip_ready", "1 once warm-up has finished", registry=r)
+        self.generated_images = Counter("toklip_generated_images", "Images made by /v1/generate", registry=r)
+        self.generate_latency = Histogram("toklip_generate_duration_seconds",
+                                          "Model time of one /v1/generate request (sampling and decoding)",
+                                          buckets=GENERATE_BUCKETS, registry=r)
 
     def observe_batch(self, op: str, n: int, seconds: float) -> None:
         self.batch_size.labels(op).observe(n)
         self.batch_latency.labels(op).observe(seconds)
         self.items.labels(op).inc(n)
+
+    def observe_generation(self, images: int, seconds: float) -> None:
+        self.generated_images.inc(images)
+        self.generate_latency.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

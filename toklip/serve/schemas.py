@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Output = Literal["indices", "features", "pooled"]
 ArrayFormat = Literal["json", "safetensors", "npy"]
 ImageFormat = Literal["png", "json"]
+GenerateFormat = Literal["png_grid", "png", "json"]
 
 _IMAGES = Field(
     min_length=1,
@@ -69,6 +70,30 @@ class DecodeRequest(DecodeOptions):
     )
 
 
+class GenerateRequest(_Strict):
+    """POST /v1/generate. Limits beyond these (images per request, classes in range) depend on the server and
+    the generator; GET /v1/info says them."""
+
+    class_: int | None = Field(default=None, alias="class", description="The class to generate (c2i generators).")
+    classes: list[int] | None = Field(default=None, min_length=1,
+                                      description="Several classes: n images of each, in this order.")
+    prompt: str | None = Field(default=None, description="Text-conditional generation; not served yet (400).")
+    n: int = Field(default=1, ge=1, description="Images per class.")
+    cfg: float | None = Field(default=None, ge=1.0, le=20.0, description=(
+        "Classifier-free guidance scale in [1, 20] (1 = none); default 4 (LlamaGen's), or 1 for a generator "
+        "trained without class dropout."))
+    cfg_interval: int | None = Field(default=None, ge=-1,
+                                     description="Guide only the first token and decode steps 0..k (None, -1: all).")
+    top_k: int = Field(default=0, ge=0, description="Keep the k most likely codes at each step (0 = off).")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold (1 = off).")
+    temperature: float = Field(default=1.0, gt=0.0, le=10.0, description="Softmax temperature, in (0, 10].")
+    seed: int | None = Field(default=None, ge=0, lt=2**63, description=(
+        "Same request + same seed = same images. Without one the server picks one (below 2**53) and returns it."))
+    format: GenerateFormat | None = Field(default=None, description=(
+        "png_grid (default: every image in one PNG), png (exactly one image), or json (base64 PNGs, the seed and "
+        "timing). Accept: application/json also selects json."))
+
+
 # ------------------------------------------------------------------ responses (documentation only)
 class TokenizeResponse(BaseModel):
     model: str
@@ -95,6 +120,17 @@ class SimilarityResponse(BaseModel):
 class DecodeJSONResponse(BaseModel):
     model: str
     images: list[str] = Field(description="base64 PNGs")
+
+
+class GenerateJSONResponse(BaseModel):
+    model: str
+    generator: str
+    seed: int = Field(description="the seed used: send it again for the same images")
+    classes: list[int] = Field(description="the class of each image, in order")
+    cfg: float
+    image_size: int
+    images: list[str] = Field(description="base64 PNGs")
+    timing: dict[str, float] = Field(description="generate_s (model time), total_s (the whole request)")
 
 
 class ErrorDetail(BaseModel):

@@ -27,6 +27,7 @@ class ServeSettings:
     keep_alive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this
     max_connections: int = 512  # open connections; more -> 503 + Retry-After (JSON), then closed
     max_header_bytes: int = 16 * 1024  # request line + headers; more -> 400 (JSON)
+    max_generate_images: int = 16  # images one /v1/generate request may ask for (capped at max_queue); more -> 413
     api_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
     retry_after_s: int = 1
@@ -38,6 +39,7 @@ class ServeSettings:
             "max_image_pixels": self.max_image_pixels, "max_text_chars": self.max_text_chars,
             "decode_threads": self.decode_threads, "retry_after_s": self.retry_after_s,
             "max_connections": self.max_connections, "max_header_bytes": self.max_header_bytes,
+            "max_generate_images": self.max_generate_images,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -55,3 +57,8 @@ class ServeSettings:
             )
         if self.api_key is not None and not self.api_key:
             raise ConfigError("the API key is empty; set a non-empty key or leave it unset")
+
+    @property
+    def generate_limit(self) -> int:
+        """Images per generate request: a request larger than the queue could never be queued."""
+        return min(self.max_generate_images, self.max_queue)

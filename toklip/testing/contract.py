@@ -66,8 +66,17 @@ def _generator(spec: ComponentSpec) -> None:
     assert gen.num_tokens > 0 and gen.config.vocab_size > 0, f"{spec.name}: num_tokens / vocab_size"
 
 
+def _vlm_projector(spec: ComponentSpec) -> None:
+    import torch
+
+    proj = spec.create(in_dim=16, out_dim=24)
+    out = proj(torch.zeros(2, 4, 16))
+    assert tuple(out.shape) == (2, 4, 24), f"{spec.name}: output shape {tuple(out.shape)}"
+
+
 BUILD_ON_META: dict[str, Callable[[ComponentSpec], None]] = {
     "vq": _vq, "encoder": _encoder, "projector": _projector, "fusion": _fusion, "generator": _generator,
+    "vlm_projector": _vlm_projector,
 }
 
 

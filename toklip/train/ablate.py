@@ -83,7 +83,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@click.command("ablate", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("ablate", invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "out_dir", default="toklip-quickstart", show_default=True, type=click.Path(file_okay=False),
               help="the quickstart's folder (its VQ and teacher are reused when made with the same seed and "
                    "--scale; trained here otherwise)")
@@ -92,9 +92,49 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--only", multiple=True, help="run only these variants (repeatable): " + ", ".join(v.name for v in VARIANTS))
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def ablate_command(out_dir: str, scale: float, seed: int, only: tuple[str, ...], quiet: bool) -> None:
-    """Train the quickstart's TokLIP in Table 5/6-style variants and print a comparison table."""
+@click.pass_context
+def ablate_command(ctx: click.Context, out_dir: str, scale: float, seed: int, only: tuple[str, ...],
+                   quiet: bool) -> None:
+    """Train the quickstart's TokLIP in Table 5/6-style variants and print a comparison table.
+
+    Subcommands run the downstream ablations: ``toklip ablate fusion`` (generator inputs, Table 7)."""
+    if ctx.invoked_subcommand is not None:
+        return
     rows = run_ablation(out_dir, scale=scale, seed=seed, only=only, progress=not quiet, echo=click.echo)
     click.echo("")
     click.echo(format_table(rows))
     click.echo(f"\nrows in {Path(out_dir) / 'ablation.json'}")
+
+
+@ablate_command.command("fusion")
+@click.option("--out", "out_dir", default="toklip-quickstart", show_default=True, type=click.Path(file_okay=False),
+              help="the quickstart's folder: its trained TokLIP is the frozen tokenizer (the quickstart runs first "
+                   "when it has none)")
+@click.option("--steps", default=None, type=click.IntRange(1, 100_000),
+              help="generator training steps per variant (default: the quickstart's; fixed, never cut short by time)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--only", multiple=True, help="run only these fusions (repeatable): none, sum, weighted_sum, concat")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def ablate_fusion_command(out_dir: str, steps: int | None, seed: int, only: tuple[str, ...], quiet: bool) -> None:
+    """Paper Table 7 on the digits: a class-conditional generator per fusion of its inputs (none = plain VQ
+    codes; sum, weighted_sum, concat with the frozen causal TokLIP), same seed and steps; class accuracy of the
+    samples (the TokLIP's zero-shot classifier) and FID in the teacher's feature space against held-out scans."""
+    from toklip.gen import digits as G
+
+    try:
+        rows = G.run_fusion_ablation(out_dir, steps=steps or G.GEN_STEPS, seed=seed, only=only, progress=not quiet,
+                                     echo=click.echo)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--only") from e
+    click.echo("")
+    click.echo(G.format_fusion_table(rows))
+    click.echo(f"\nrows in {Path(out_dir) / 'fusion_ablation.json'}; sample grids in {Path(out_dir) / 'fusion_ablation'}")
+
+
+def _add_downstream_ablations() -> None:
+    from toklip.vlm.ablate import comprehension_command
+
+    ablate_command.add_command(comprehension_command)
+
+
+_add_downstream_ablations()

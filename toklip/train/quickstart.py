@@ -43,6 +43,7 @@ class Steps:
     vq: int = 300
     teacher: int = 800
     toklip: int = 600
+    generator: int = 400  # toklip.gen.digits.GEN_STEPS
 
     @classmethod
     def scaled(cls, factor: float) -> Steps:
@@ -59,6 +60,7 @@ class Floors:
     vq_psnr_db: float = 20.0
     teacher_zero_shot_top1: float = 0.5
     toklip_zero_shot_top1: float = 0.5
+    generator_class_accuracy: float = 0.25  # of its samples, by TokLIP's zero-shot classifier (chance 10%)
 
 
 FLOORS = Floors()
@@ -70,6 +72,7 @@ class QuickstartReport:
     vq: dict[str, Any] = field(default_factory=dict)
     teacher: dict[str, Any] = field(default_factory=dict)
     toklip: dict[str, Any] = field(default_factory=dict)
+    generator: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
 
@@ -379,6 +382,12 @@ def run_quickstart(out: str | Path = "toklip-quickstart", *, scale: float = 1.0,
     report.figures.append(str(out / "features_tsne_cosine.png"))
     model.save_pretrained(out / "toklip")
     report.seconds["eval_and_figures"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    report.generator, grid = generator_stage(model, train, test, out, steps=steps.generator, seed=seed,
+                                             progress=progress, echo=echo)
+    report.figures.append(str(grid))
+    report.seconds["generator"] = time.perf_counter() - t
     report.seconds["total"] = time.perf_counter() - t0
     report.seconds = {k: round(v, 1) for k, v in report.seconds.items()}
     floors = floors or FLOORS
@@ -390,14 +399,35 @@ def run_quickstart(out: str | Path = "toklip-quickstart", *, scale: float = 1.0,
     return report
 
 
+def generator_stage(model: Any, train: D.Digits, test: D.Digits, out: Path, *, steps: int, seed: int,
+                    progress: bool, echo: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
+    """Stage 5: a class-conditional GPT over the digits' tokens with concat fusion of the trained (frozen, causal)
+    TokLIP's features, samples per class, and their class accuracy (toklip.gen.digits)."""
+    from toklip.gen import digits as G
+
+    echo(f"stage 5/5, a generator: LlamaGen GPT ({G.GEN_OVERRIDES['n_layer']} layers x {G.GEN_OVERRIDES['dim']}) "
+         f"with concat(E[x_i], TokLIP s_i) inputs, {steps} steps")
+    gen, result = G.train_generator(model, train, out / "generator_run", fusion="concat", steps=steps, seed=seed,
+                                    progress=progress, echo=lambda s: None)
+    metrics, samples = G.evaluate_generator(gen, model, test, seed=seed)
+    from toklip.gen.generator import save_generator
+
+    save_generator(gen, out / "generator")
+    grid = G.sample_grid(samples, out / "generator_samples.png")
+    return {**metrics, "steps": result.step, "batch_size": G.GEN_BATCH, "fusion": "concat",
+            "final_loss": result.history[-1]["ce"], "seconds": round(result.seconds, 1)}, grid
+
+
 def quality_failures(report: QuickstartReport, floors: Floors = FLOORS) -> list[str]:
     """One line per stage whose result is below its floor (none when all are good), naming what it reached."""
     checks = (
-        ("stage 1/3, the VQ tokenizer", "held-out PSNR", report.vq.get("psnr_db"), floors.vq_psnr_db, "{:.1f} dB"),
-        ("stage 2/3, the teacher CLIP", "zero-shot top-1", report.teacher.get("zero_shot_top1"),
+        ("stage 1/5, the VQ tokenizer", "held-out PSNR", report.vq.get("psnr_db"), floors.vq_psnr_db, "{:.1f} dB"),
+        ("stage 2/5, the teacher CLIP", "zero-shot top-1", report.teacher.get("zero_shot_top1"),
          floors.teacher_zero_shot_top1, "{:.1%}"),
-        ("stage 3/3, TokLIP", "zero-shot top-1", report.toklip.get("zero_shot_top1"), floors.toklip_zero_shot_top1,
+        ("stage 3/5, TokLIP", "zero-shot top-1", report.toklip.get("zero_shot_top1"), floors.toklip_zero_shot_top1,
          "{:.1%}"),
+        ("stage 5/5, the generator", "class accuracy of its samples", report.generator.get("class_accuracy"),
+         floors.generator_class_accuracy, "{:.1%}"),
     )
     failures = []
     for stage, metric, value, floor, fmt in checks:
@@ -432,6 +462,7 @@ def format_report(r: QuickstartReport) -> str:
         f"VQ tokenizer: {v['psnr_db']:.1f} dB PSNR on held-out scans, {v['codes_used']}/{v['codebook_size']} codes used",
         *lines,
         f"  cosine(TokLIP, teacher) same image {s['cosine_same_image']:.2f} vs random pair {s['cosine_random_pair']:.2f}",
+        _generator_line(r),
         f"steps: VQ {v['steps']} x {v['batch_size']}, teacher {t['steps']} x {t['batch_size']}, "
         f"TokLIP {s['steps']} x {s['batch_size']} images (fixed, whatever the time)",
         "time: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items()),
@@ -443,6 +474,15 @@ def format_report(r: QuickstartReport) -> str:
     ])
 
 
+def _generator_line(r: QuickstartReport) -> str:
+    g = r.generator
+    if not g:
+        return "generator: not run"
+    return (f"generator (concat fusion, {g['steps']} x {g['batch_size']}): {g['class_accuracy']:.1%} of its samples are "
+            f"classified as the class asked for (real scans: {g['real_class_accuracy']:.1%}; chance 10%), "
+            f"teacher-space FID {g['fid_teacher']:.4g}")
+
+
 def _quality_line(r: QuickstartReport) -> str:
     q = r.quality
     if not q.get("checked"):
@@ -451,7 +491,8 @@ def _quality_line(r: QuickstartReport) -> str:
         return f"quality floors: {len(q['failures'])} stage(s) below their floor (see below)"
     f = q["floors"]
     return (f"quality floors: passed (VQ PSNR >= {f['vq_psnr_db']:g} dB, teacher zero-shot >= "
-            f"{f['teacher_zero_shot_top1']:.0%}, TokLIP zero-shot >= {f['toklip_zero_shot_top1']:.0%})")
+            f"{f['teacher_zero_shot_top1']:.0%}, TokLIP zero-shot >= {f['toklip_zero_shot_top1']:.0%}, generator "
+            f"class accuracy >= {f['generator_class_accuracy']:.0%})")
 
 
 def failure_banner(r: QuickstartReport) -> str:

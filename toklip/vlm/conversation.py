@@ -1,7 +1,8 @@
 """Conversations -> token ids, labels and padded batches, with ``<image>`` placeholders expanded.
 
-Turns are rendered with the LLM tokenizer's own chat template (``template="chat"``) or LLaVA's stage-1
-``plain`` layout (image, caption, end of sequence). Labels are -100 everywhere except the assistant's replies
+Turns are rendered with the LLM tokenizer's own chat template (``template="chat"``; a tokenizer without one gets
+:data:`SIMPLE_CHAT_TEMPLATE`, ``role: text`` lines) or LLaVA's stage-1 ``plain`` layout (the user turn's image
+placeholders only, then the caption and end of sequence: the model learns to caption from the image alone). Labels are -100 everywhere except the assistant's replies
 (and the template's end-of-turn after them): the character span of each reply is found by rendering the
 conversation up to that reply with and without it, and tokens are matched to spans through the fast
 tokenizer's offsets, so no template needs special-casing. Each ``<image>`` becomes ``num_image_tokens``
@@ -22,6 +23,7 @@ from toklip.core.errors import InputError
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<image>"
 Template = Literal["chat", "plain"]
+TEMPLATES = ("chat", "plain")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -53,13 +55,31 @@ def normalize_messages(conversation: Sequence[Mapping[str, Any]]) -> list[dict[s
 
 
 def image_token_id(tokenizer: Any, image_token: str = IMAGE_TOKEN) -> int:
-    """The id of ``image_token`` in the tokenizer, added as a special token when missing.
+    """The id of ``image_token`` in the tokenizer, added as a special token when missing (never split, skipped
+    when decoding with ``skip_special_tokens``).
 
     The id is only ever a marker in ``input_ids``: its positions are replaced by image features before the
     embedding layer sees them, so the LLM's embeddings are never resized."""
     if image_token not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+        tokenizer.add_tokens([image_token], special_tokens=True)
     return int(tokenizer.convert_tokens_to_ids(image_token))
+
+
+# The fallback for tokenizers without a chat template (e.g. one trained locally with `tokenizers`): one
+# "role: text" line per turn, each reply closed by the end-of-sequence token so the model learns to stop.
+SIMPLE_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer: Any) -> bool:
+    """Give a tokenizer without a chat template :data:`SIMPLE_CHAT_TEMPLATE`; True when it had to."""
+    if getattr(tokenizer, "chat_template", None):
+        return False
+    tokenizer.chat_template = SIMPLE_CHAT_TEMPLATE
+    return True
 
 
 def _reply_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
@@ -78,8 +98,12 @@ def _reply_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, l
     return full, spans
 
 
-def _plain(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """LLaVA's ``plain`` template: each user turn as is (usually just ``<image>``), each reply then end-of-text."""
+def _plain_user(content: str, image_token: str) -> str:
+    return image_token * content.count(image_token)
+
+
+def _plain(tokenizer: Any, messages: list[dict[str, str]], image_token: str) -> tuple[str, list[tuple[int, int]]]:
+    """LLaVA's ``plain`` template: each user turn reduced to its image placeholders, each reply then end-of-text."""
     eos = tokenizer.eos_token or ""
     text, spans = "", []
     for m in messages:
@@ -88,7 +112,7 @@ def _plain(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tu
             text += m["content"] + eos
             spans.append((start, len(text)))
         elif m["role"] == "user":
-            text += m["content"]
+            text += _plain_user(m["content"], image_token)
     return text, spans
 
 
@@ -98,18 +122,18 @@ def encode_conversation(tokenizer: Any, conversation: Sequence[Mapping[str, Any]
     """Token ids and labels of one conversation (a prompt for generation with ``add_generation_prompt``)."""
     messages = normalize_messages(conversation)
     image_id = image_token_id(tokenizer, image_token)
+    if template not in TEMPLATES:
+        raise InputError(f"template must be one of {TEMPLATES}, got {template!r}")
     if add_generation_prompt:
         if template == "plain":
-            text = "".join(m["content"] for m in messages if m["role"] == "user")
+            text = "".join(_plain_user(m["content"], image_token) for m in messages if m["role"] == "user")
         else:
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         spans: list[tuple[int, int]] = []
     elif template == "chat":
         text, spans = _reply_spans(tokenizer, messages)
-    elif template == "plain":
-        text, spans = _plain(tokenizer, messages)
     else:
-        raise InputError(f"template must be 'chat' or 'plain', got {template!r}")
+        text, spans = _plain(tokenizer, messages, image_token)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, labels = [], []
     for tok, (start, _end) in zip(enc["input_ids"], enc["offset_mapping"]):

@@ -62,8 +62,10 @@ class ImageFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        if self.source == "vq":
-            return self.toklip.tokenize(images).codes.float()
+        if self.source == "vq":  # the VQ alone: the token encoder is not run
+            images = self.toklip.check_images(images)
+            codes = self.toklip.vq.encode(images.to(self.toklip._vq_dtype())).codes
+            return codes.reshape(images.shape[0], -1, codes.shape[-1]).float()
         if self._block_index is None:
             return self.toklip.tokenize(images).features
         return self._hidden_state(images, self._block_index)

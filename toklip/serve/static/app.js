@@ -1,4 +1,5 @@
-// The toklip page: tokenize a dropped image, show its VQ reconstruction and token grid, and score labels.
+// The toklip page: tokenize a dropped image, show its VQ reconstruction and token grid, score labels, and
+// (when the server has a generator) generate images of a class.
 // Plain JS, no build step, nothing loaded from elsewhere. Every user string goes through textContent.
 "use strict";
 
@@ -36,7 +37,73 @@ async function loadInfo() {
     $("model").textContent = `${info.name}: ${info.image_size}px → ${info.grid[0]}×${info.grid[1]} tokens, ` +
       `${info.vocab_size} codes, ${info.attention} attention, on ${info.device}`;
   } catch (e) {
+    info = null;
     $("model").textContent = "model info unavailable (" + e.message + ")";
+  }
+  setupGenerator();
+}
+
+const GEN_INPUTS = ["gen-class", "gen-n", "gen-cfg", "gen-seed", "gen-run"];
+
+function setupGenerator() {
+  const gen = info && info.generator;
+  GEN_INPUTS.forEach((id) => { $(id).disabled = !gen; });
+  $("generate").dataset.available = gen ? "true" : "false";
+  if (!gen) {
+    $("gen-note").textContent = info
+      ? "This server runs without a generator (start toklip serve with --generator FOLDER to generate images)."
+      : "Generator info unavailable.";
+    return;
+  }
+  const fusion = gen.fusion ? `, fused ${gen.fusion} inputs` : "";
+  $("gen-note").textContent = `${gen.name}: class-conditional, ${gen.num_classes} classes, ` +
+    `${gen.grid[0]}×${gen.grid[1]} tokens${fusion}`;
+  $("gen-class").max = String(gen.num_classes - 1);
+  $("gen-n").max = String(info.limits.max_generate_images);
+  $("gen-n").value = String(Math.min(Number($("gen-n").value) || 1, info.limits.max_generate_images));
+  if (!gen.guidance) {
+    $("gen-cfg").value = "1";
+    $("gen-cfg").max = "1";
+  }
+}
+
+function intField(id, name) {
+  const text = $(id).value.trim();
+  const value = Number(text);
+  if (text === "" || !Number.isInteger(value)) throw new Error(`${name} must be a whole number`);
+  return value;
+}
+
+async function generateImages() {
+  try {
+    const body = { class: intField("gen-class", "class"), n: intField("gen-n", "images"), format: "json" };
+    const cfg = Number($("gen-cfg").value);
+    if (!Number.isFinite(cfg)) throw new Error("cfg must be a number");
+    body.cfg = cfg;
+    if ($("gen-seed").value.trim() !== "") body.seed = intField("gen-seed", "seed");
+    setStatus("generating…");
+    $("gen-run").disabled = true;
+    const out = await (await api("/v1/generate", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    })).json();
+    const images = out.images.map((b64, i) => {
+      const img = document.createElement("img");
+      img.src = "data:image/png;base64," + b64;
+      img.alt = `generated image ${i + 1} of class ${out.classes[i]}`;
+      img.dataset.class = String(out.classes[i]);
+      return img;
+    });
+    $("gen-images").replaceChildren(...images);
+    $("gen-info").textContent = `${out.images.length} image(s) of class ${body.class}, cfg ${out.cfg}, ` +
+      `seed ${out.seed} (send it again for the same images), ${out.timing.generate_s.toFixed(2)} s`;
+    $("gen-info").dataset.seed = String(out.seed);
+    setStatus("done");
+  } catch (e) {
+    setStatus(e.message, true);
+  } finally {
+    $("gen-run").disabled = !(info && info.generator);
   }
 }
 
@@ -156,6 +223,7 @@ function setup() {
     if (ev.dataTransfer.files.length) handle(ev.dataTransfer.files[0]);
   });
   $("score").addEventListener("click", score);
+  $("gen-run").addEventListener("click", generateImages);
   $("apikey").addEventListener("change", loadInfo);
   loadInfo();
 }
