@@ -118,7 +118,7 @@ def ablate_command(ctx: click.Context, out_dir: str, scale: float, seed: int, on
 def ablate_fusion_command(out_dir: str, steps: int | None, seed: int, only: tuple[str, ...], quiet: bool) -> None:
     """Paper Table 7 on the digits: a class-conditional generator per fusion of its inputs (none = plain VQ
     codes; sum, weighted_sum, concat with the frozen causal TokLIP), same seed and steps; class accuracy of the
-    samples (the TokLIP's zero-shot classifier) and FID in the teacher's feature space against held-out scans."""
+    samples (the TokLIP's zero-shot classifier) and FID in the TokLIP's embedding space against held-out scans."""
     from toklip.gen import digits as G
 
     try:

@@ -480,7 +480,7 @@ def _generator_line(r: QuickstartReport) -> str:
         return "generator: not run"
     return (f"generator (concat fusion, {g['steps']} x {g['batch_size']}): {g['class_accuracy']:.1%} of its samples are "
             f"classified as the class asked for (real scans: {g['real_class_accuracy']:.1%}; chance 10%), "
-            f"teacher-space FID {g['fid_teacher']:.4g}")
+            f"TokLIP-space FID {g['fid_toklip']:.4g}")
 
 
 def _quality_line(r: QuickstartReport) -> str:
