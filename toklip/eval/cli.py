@@ -157,9 +157,7 @@ def fid_command(generator: str, reference: str, n: int, space: str, inception_we
                                "pt_inception-2015-12-05-6726825d.pth); or use --space toklip / teacher offline")
     dev = resolve_device(device or "auto")
     gen = load_generator(generator, config=config, tokenizer=tokenizer, device=dev)
-    tok = tokenizer_of(gen)
-    if tok is not None:
-        tok.to(dev)
+    tok = tokenizer_of(gen)  # on the generator's device
     classes = num_classes or gen.config.num_classes
     labels = [i % classes for i in range(n)]
 

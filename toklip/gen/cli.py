@@ -35,16 +35,13 @@ def generate_command(generator: str, classes: tuple[int, ...], per_class: int, c
                      each_dir: str | None) -> None:
     """Sample --n images of each --class from GENERATOR (run folder, generator folder or release file)."""
     from toklip.data.preprocess import image_grid, to_pil
-    from toklip.gen.generator import load_generator, tokenizer_of
+    from toklip.gen.generator import load_generator
     from toklip.model.loading import resolve_device
 
     if per_class < 1:
         raise click.BadParameter("must be >= 1", param_hint="--n")
     dev = resolve_device(device or "auto")
     gen = load_generator(generator, config=config, tokenizer=tokenizer, device=dev)
-    tok = tokenizer_of(gen)
-    if tok is not None:
-        tok.to(dev)
     labels = [c for c in classes for _ in range(per_class)]
     t0 = time.perf_counter()
     images = gen.generate(labels=labels, cfg=cfg, cfg_interval=cfg_interval, top_k=top_k, top_p=top_p,

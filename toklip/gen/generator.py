@@ -209,7 +209,18 @@ def load_generator(
 
     path = run_checkpoint(source, marker=GENERATOR_FILE)
     if path.is_dir():
-        return _load_folder(path, tokenizer=tokenizer, device=device, dtype=dtype, check_tokenizer=check_tokenizer)
+        gen = _load_folder(path, tokenizer=tokenizer, device=device, dtype=dtype, check_tokenizer=check_tokenizer)
+    else:
+        gen = _load_release_file(path, str(source), config=config, tokenizer=tokenizer, device=device, dtype=dtype,
+                                 **overrides)
+    tok = tokenizer_of(gen)
+    if tok is not None and device is not None:
+        tok.to(device)  # the tokenizer decodes (and, fused, feeds) on the generator's device
+    return gen
+
+
+def _load_release_file(path: Path, source: str, *, config: Any, tokenizer: Any, device: Any, dtype: Any,
+                       **overrides: Any) -> nn.Module:
     if path.suffix not in WEIGHT_SUFFIXES or not path.is_file():
         raise ConfigError(f"{source}: not a generator folder (with {GENERATOR_FILE}), a training run or a checkpoint "
                           f"file ({', '.join(WEIGHT_SUFFIXES)})")

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toklip.core.errors import ConfigError, close_matches
+from toklip.core.errors import ConfigError
 from toklip.data.sources import IndexSource, RawSample, _mix, decode_image
-from toklip.train.config import TrainConfig
+from toklip.train.config import TrainConfig, _check_keys
 from toklip.train.data import BatchStream
 from toklip.train.distributed import DistInfo
 
@@ -43,12 +43,7 @@ class GenOptions:
 
 
 def parse_options(options: Mapping[str, Any]) -> GenOptions:
-    names = [f.name for f in fields(GenOptions)]
-    unknown = [k for k in options if k not in names]
-    if unknown:
-        hints = {k: close_matches(str(k), names, n=1) for k in unknown}
-        text = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
-        raise ConfigError(f"unknown key(s) in section 'task' (gen): {text}; known: {', '.join(names)}")
+    _check_keys(options, [f.name for f in fields(GenOptions)], "section 'task' (gen)")
     opts = GenOptions(**{k: v for k, v in options.items()})
     if not isinstance(opts.generator, str):
         raise ConfigError(f"task.generator must be a generator name, got {opts.generator!r}")
