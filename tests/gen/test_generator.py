@@ -159,3 +159,23 @@ def test_a_plugin_registers_a_generator_through_the_hook(tok):
         gen = toklip.build_generator("wide-gpt-test", tokenizer=tok, fusion="sum", num_classes=10)
         assert gen.config.dim == 128 and gen.image_inputs.fusion_name == "sum"
     assert "wide-gpt-test" not in toklip.list_components("generator")
+
+
+def test_hostile_generator_folders_are_refused_before_anything_is_built(tok, tmp_path):
+    import json
+
+    gen = fused(tok).eval()
+    toklip.gen.save_generator(gen, tmp_path / "g")
+    record = json.loads((tmp_path / "g" / "generator.json").read_text())
+    for name, change in [("format", {"format": "something-else"}),
+                         ("huge", {"config": {**record["config"], "dim": 1 << 30}}),
+                         ("unknown-field", {"config": {**record["config"], "__class__": "os.system"}})]:
+        bad = tmp_path / name
+        bad.mkdir()
+        (bad / "model.safetensors").write_bytes((tmp_path / "g" / "model.safetensors").read_bytes())
+        (bad / "generator.json").write_text(json.dumps({**record, **change}))
+        with pytest.raises(ConfigError):
+            toklip.load_generator(bad, tokenizer=tok)
+    (tmp_path / "pickle.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle that runs code
+    with pytest.raises(toklip.CheckpointError):
+        toklip.load_generator(tmp_path / "pickle.pt", config="gpt-test", tokenizer=tok)
