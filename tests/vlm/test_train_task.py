@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
 
 import toklip
 from toklip.train.config import TrainConfig
@@ -69,6 +70,11 @@ def test_toklip_train_runs_stage_2_lora_and_resumes_exactly(data, llm_dir, tmp_p
     assert [h["step"] for h in result.history] == [4, 5, 6]
     assert _losses(out) == reference  # bit for bit: same batches, same RNG, same optimizer state
     assert result.skipped_samples >= 1  # record 3 names a missing image: skipped, counted, not fatal
+    # checkpoints hold what trains (projector + LoRA), not the frozen TokLIP or base LLM: resume rebuilt those
+    trained = {n.removeprefix("module.") for n, p in result.model.named_parameters() if p.requires_grad}
+    for step in (3, 6):
+        saved = set(load_file(out / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
+        assert saved == trained, sorted(saved ^ trained)[:5]
 
     from toklip.vlm.saving import load_vlm
 
@@ -77,6 +83,20 @@ def test_toklip_train_runs_stage_2_lora_and_resumes_exactly(data, llm_dir, tmp_p
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), name
     assert any(".lora_B" in n and p.abs().sum() > 0 for n, p in a.named_parameters())  # B starts at 0: it trained
+
+
+def test_resume_refuses_a_checkpoint_that_lacks_a_trained_tensor(data, llm_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = _config(data, llm_dir, out, stage=1)
+    cfg["train"].update(steps=2, ckpt_every=1)
+    Trainer(TrainConfig.from_dict(cfg), echo=lambda m: None).fit()
+    newest = out / "checkpoints" / "step_00000002" / "model.safetensors"
+    tensors = load_file(newest)
+    dropped = sorted(tensors)[0]
+    save_file({k: v for k, v in tensors.items() if k != dropped}, newest)
+    cfg["train"]["steps"] = 3
+    with pytest.raises(toklip.CheckpointError, match="lacks 1 trained tensor"):
+        Trainer(TrainConfig.from_dict(cfg), echo=lambda m: None).fit(resume="latest")
 
 
 def test_stage_1_trains_the_projector_and_its_checkpoint_chats(data, llm_dir, tmp_path):

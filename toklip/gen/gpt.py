@@ -209,6 +209,10 @@ class GPT(nn.Module):
         """Image tokens per sample (grid x grid)."""
         return self.config.block_size
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP shards one by one: the transformer layers (a fused TokLIP is outside the module tree)."""
+        return list(self.layers)
+
     def rope_table(self, device: torch.device) -> Tensor:
         key = str(device)
         if key not in self._rope_tables:

@@ -115,6 +115,13 @@ class TokLIP(nn.Module):
         self.token_encoder.set_grad_checkpointing(enable)
         return self
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP shards one by one: the token-encoder blocks, and the text tower's (frozen or not)."""
+        units = list(self.token_encoder.blocks)
+        if self.text is not None and hasattr(self.text, "transformer"):
+            units += list(self.text.transformer.resblocks)
+        return units
+
     def lock_text(self, lock: bool = True) -> TokLIP:
         if self.text is not None:
             self.text.requires_grad_(not lock)

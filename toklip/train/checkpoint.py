@@ -374,14 +374,32 @@ def _read_safetensors(path: Path, what: str) -> dict[str, Tensor]:
         raise CheckpointError(f"the checkpoint's {what} ({path}) is unreadable (truncated or corrupt?): {e}") from e
 
 
-def load_model_state(wrapped: nn.Module, model_state: dict[str, Tensor]) -> None:
+def load_model_state(wrapped: nn.Module, model_state: dict[str, Tensor], *, trained_only: bool = False) -> None:
+    """Load a checkpoint's model tensors, strictly. ``trained_only``: the checkpoint holds the trained tensors
+    alone (a task whose frozen parts are rebuilt from their sources, as the vlm task's TokLIP and base LLM): every
+    parameter that trains must be there, and nothing the model lacks."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     sd = {MODEL_PREFIX + k: v for k, v in model_state.items()}
+    if trained_only:
+        trained = {_plain_name(n) for n, p in wrapped.named_parameters() if p.requires_grad}
+        missing = sorted(trained - set(sd))
+        if missing:
+            raise CheckpointError(f"the checkpoint lacks {len(missing)} trained tensor(s) of this model, e.g. "
+                                  f"{missing[0][len(MODEL_PREFIX):]!r} (changed config, or another stage?)")
     try:
-        set_model_state_dict(wrapped, sd, options=_options(strict=True))
+        set_model_state_dict(wrapped, sd, options=_options(strict=not trained_only))
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"the checkpoint does not fit this model (changed config?): {str(e)[:500]}") from e
+
+
+def _plain_name(name: str) -> str:
+    """A parameter's name without the wrappers' prefixes (DDP's ``module.``, activation checkpointing's), as
+    ``get_model_state_dict`` names it."""
+    name = name.removeprefix("module.")
+    for wrapper in ("_checkpoint_wrapped_module.", "_orig_mod."):
+        name = name.replace(wrapper, "")
+    return name
 
 
 def load_optimizer_state(wrapped: nn.Module, optimizer: torch.optim.Optimizer, osd: dict[str, Any]) -> None:

@@ -112,9 +112,9 @@ def resolve_strategy(strategy: str, info: DistInfo) -> str:
 
 
 def wrap_model(module: nn.Module, strategy: str, info: DistInfo, *, find_unused: bool = False) -> nn.Module:
-    """DDP, or FSDP2: each token-encoder block is its own shard group, then the root (open_clip/torchtitan style).
-
-    Frozen parts (VQ, text tower) are sharded too under FSDP, which keeps per-rank memory flat for So400M."""
+    """DDP, or FSDP2: each of the model's ``fsdp_units()`` is its own shard group, then the root (torchtitan
+    style): TokLIP's token-encoder and text blocks, a generator's layers, a VLM's TokLIP blocks and LLM decoder
+    layers. Frozen units are sharded too, which keeps per-rank memory flat (So400M, a 7B LLM)."""
     if strategy == "none":
         return module
     if strategy == "ddp":
@@ -133,11 +133,11 @@ def wrap_model(module: nn.Module, strategy: str, info: DistInfo, *, find_unused:
 
         mesh = init_device_mesh(info.device.type, (info.world_size,))
         model = module.model if hasattr(module, "model") else module
-        for block in model.token_encoder.blocks:
-            fully_shard(block, mesh=mesh)
-        if model.text is not None and hasattr(model.text, "transformer"):
-            for block in model.text.transformer.resblocks:
-                fully_shard(block, mesh=mesh)
+        if not hasattr(model, "fsdp_units"):
+            raise ConfigError(f"dist.strategy='fsdp': {type(model).__name__} has no fsdp_units() naming the blocks "
+                              "to shard; use dist.strategy=ddp")
+        for unit in model.fsdp_units():
+            fully_shard(unit, mesh=mesh)
         # FSDP2 cannot shard 0-d parameters: logit_scale/logit_bias stay replicated (see sync_replicated_grads)
         fully_shard(module, mesh=mesh, ignored_params=set(replicated_params(module)))
         return module

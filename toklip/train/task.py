@@ -41,7 +41,12 @@ class TrainTask(Protocol):
 
     After :meth:`setup`: ``model`` is what checkpoints save (its parameters' ``requires_grad`` say what trains),
     ``module`` is what DDP/FSDP wrap (it holds ``model`` as ``module.model``, the prefix checkpoints use), and
-    ``source`` is the training data (``num_samples`` and ``describe()`` are read by the trainer)."""
+    ``source`` is the training data (``num_samples`` and ``describe()`` are read by the trainer). Under
+    ``dist.strategy=fsdp``, ``model.fsdp_units()`` lists the sub-modules sharded one by one (blocks, layers).
+
+    ``checkpoints_trained_only`` (optional, default False): :meth:`save` writes the trained tensors alone and resume
+    loads them over a model whose frozen parts :meth:`setup` rebuilt from their sources (a 7B LLM is not copied into
+    every checkpoint)."""
 
     name: str
     model: nn.Module

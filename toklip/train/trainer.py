@@ -201,7 +201,8 @@ class Trainer:
                 "(train.steps/epochs, data.batch_size or the number of processes changed): the lr schedule now "
                 "follows the new length", stacklevel=2,
             )
-        ckpt.load_model_state(self.wrapped, model_state)
+        ckpt.load_model_state(self.wrapped, model_state,
+                              trained_only=bool(getattr(self.task, "checkpoints_trained_only", False)))
         ckpt.load_optimizer_state(self.wrapped, self.optimizer, osd)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -302,9 +302,10 @@ class VLM(nn.Module):
         return self
 
     def fsdp_units(self) -> list[nn.Module]:
-        """The LLM's decoder layers: the units FSDP shards one by one (the longest ModuleList in the LLM)."""
+        """What FSDP shards one by one: the frozen TokLIP's blocks and the LLM's decoder layers (the longest
+        ModuleList in the LLM: ``model.layers`` in Llama/Qwen/Mistral, ``transformer.h`` in GPT-2)."""
         lists = [m for m in self.llm.modules() if isinstance(m, nn.ModuleList)]
-        return list(max(lists, key=len)) if lists else []
+        return [*getattr(self.toklip, "fsdp_units", list)(), *(max(lists, key=len) if lists else [])]
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, directory: str | Path, *, state: dict[str, Tensor] | None = None,

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 from toklip.core.errors import ConfigError
 
-# The trainer resumes by loading every tensor of model.safetensors strictly, so checkpoints hold the whole state
-# for now (frozen TokLIP and LLM included); a trainer that accepts the trained tensors alone lets this be False.
-FULL_STATE_CHECKPOINTS = True
+# Checkpoints hold what trains (projector; LoRA or the LLM in stage 2): resume rebuilds the frozen TokLIP and base
+# LLM from their sources and loads the trained tensors over them (toklip.train.checkpoint.load_model_state).
+FULL_STATE_CHECKPOINTS = False
 
 OPTIONS: dict[str, Any] = {
     "tokenizer": None, "pretrained": False, "llm": None, "projector": "mlp2x_gelu", "projector_kwargs": {},
@@ -100,7 +100,6 @@ class VLMTask:
     """LLaVA conversations -> the next-token loss on the replies (``toklip.vlm.model.causal_lm_loss``)."""
 
     name = "vlm"
-    # read by a trainer that resumes from trained tensors alone (frozen ones are rebuilt from their sources)
     checkpoints_trained_only = not FULL_STATE_CHECKPOINTS
 
     def __init__(self, options: Mapping[str, Any]) -> None:
@@ -124,10 +123,6 @@ class VLMTask:
         if set_fields:
             raise ConfigError(f"the vlm task builds its model from the task section; model.{set_fields[0]} does not "
                               "apply (use task.tokenizer, task.llm, task.projector, task.init)")
-        if cfg.dist.strategy == "fsdp":
-            raise ConfigError("dist.strategy=fsdp: the trainer shards TokLIP's token-encoder blocks, not a language "
-                              "model's decoder layers (VLM.fsdp_units()) yet; use dist.strategy=ddp (LoRA fits a "
-                              "7B LLM per GPU) until it does")
         # the data first: a wrong data.path fails at once, not after loading a 7B LLM
         if source is None:
             if cfg.data.path is None:
