@@ -8,6 +8,10 @@ the VQ's latent -> indices step: LlamaGen's ``quantize``, or any VQ with ``encod
 ``quantize_latent(latent) -> indices`` methods. A VQ without them runs in fp32 (with a warning), never silently
 in bf16 distances.
 
+On CPU the VQ encodes ``cpu_chunk`` images at a time (default 1) whatever the batch size: the full-size LlamaGen
+encoder's activations at 256 px (128 channels x 256 x 256 per image) outgrow the caches, so a batch of 4 is 0.7-0.9x
+the images/s of batch 1 on the 2-core dev CPU; batching still amortises loading and writing.
+
 On CPU, bf16 is fast only where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN emulates it
 and it is several times *slower* than fp32 (a warning says so). ``winograd`` is the CPU mode for those CPUs: fp32
 throughout, with the large 3x3 encoder convolutions done by Winograd's algorithm (:mod:`toklip.tokenize.fastconv`).
@@ -78,8 +82,9 @@ class Tokenizer:
     """A VQ (and optionally the TokLIP model around it) on one device, in eval mode, with batched encoding."""
 
     def __init__(self, spec: TokenizerSpec, vq: nn.Module, *, model: Any = None, image_size: int | None = None,
-                 device: torch.device, precision: str = "fp32") -> None:
+                 device: torch.device, precision: str = "fp32", cpu_chunk: int = 1) -> None:
         self.spec, self.vq, self.model, self.device = spec, vq, model, device
+        self.chunk = cpu_chunk if device.type == "cpu" else None
         self.image_size = int(model.image_size) if model is not None else image_size
         self.precision = precision
         self.vocab_size, self.downsample = int(vq.vocab_size), int(vq.downsample)
@@ -96,8 +101,10 @@ class Tokenizer:
                           "fast CPU mode", stacklevel=2)
         if self.precision == "winograd":
             self._use_winograd()
-        self.channels_last = self.precision == "bf16" or (device.type == "cuda" and self.precision == "fp32")
-        if self.channels_last:  # oneDNN's bf16 convolutions are ~25x slower on NCHW than on NHWC tensors
+        # oneDNN's bf16 convolutions are ~25x slower on NCHW than on NHWC tensors; fp32 ones ~10 % faster on NHWC
+        # (2-core Cascade Lake, full-size LlamaGen at 256 px, indices identical); NNPACK's Winograd takes NCHW
+        self.channels_last = self.precision in ("bf16", "fp32")
+        if self.channels_last:
             self.vq.to(memory_format=torch.channels_last)
 
     def _use_winograd(self) -> None:
@@ -129,6 +136,11 @@ class Tokenizer:
     @torch.inference_mode()
     def indices(self, images: Tensor) -> Tensor:
         """images ``[B, 3, S, S]`` in [-1, 1] -> indices ``[B, N]`` int64 (on the device)."""
+        if self.chunk and images.shape[0] > self.chunk:
+            return torch.cat([self._indices(part) for part in images.split(self.chunk)])
+        return self._indices(images)
+
+    def _indices(self, images: Tensor) -> Tensor:
         from toklip.layers.vq import check_images
 
         images = images.to(self.device, non_blocking=True)
