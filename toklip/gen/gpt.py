@@ -377,13 +377,14 @@ class GPT(nn.Module):
         generator: torch.Generator | None = None,
         cond_mask: Tensor | None = None,
         num_tokens: int | None = None,
+        compile: bool = False,
     ) -> Tensor:
         """Sampled codes ``[B, num_tokens or block_size]`` int64 (see ``toklip.gen.sampling.sample``)."""
         from toklip.gen.sampling import sample
 
         return sample(self, cond, cfg=cfg, cfg_interval=cfg_interval, top_k=top_k, top_p=top_p,
                       temperature=temperature, greedy=greedy, seed=seed, generator=generator, cond_mask=cond_mask,
-                      num_tokens=num_tokens)
+                      num_tokens=num_tokens, compile=compile)
 
     def generate(self, labels: Sequence[int] | Tensor | None = None, **options: Any) -> Tensor:
         """Images ``[B, 3, S, S]`` in [-1, 1] decoded by the tokenizer this generator was built or loaded with

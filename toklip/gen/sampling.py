@@ -88,8 +88,9 @@ class Decoding:
     ``cfg > 1`` the cache holds ``[cond; uncond]`` and every returned logit row is already guided."""
 
     def __init__(self, model: GPT, cond: Tensor, *, cfg: float = 1.0, cfg_interval: int | None = None,
-                 cond_mask: Tensor | None = None, num_tokens: int | None = None) -> None:
+                 cond_mask: Tensor | None = None, num_tokens: int | None = None, compile: bool = False) -> None:
         self.model, self.cfg, self.cfg_interval = model, cfg, cfg_interval
+        self._forward = _compiled_forward() if compile else _forward
         self.batch_size = cond.shape[0]
         self.guided = cfg > 1.0
         self.cond_len = model.config.cls_token_num
@@ -109,7 +110,7 @@ class Decoding:
     def first(self) -> Tensor:
         """Prefill the condition; guided logits ``[B, V]`` of image token 0."""
         embeddings = self.model.embed_condition(self._condition)
-        logits = self.model.forward_cached(embeddings, self._positions[: self.cond_len], self.cache)[:, -1]
+        logits = self._forward(self.model, embeddings, self._positions[: self.cond_len], self.cache)[:, -1]
         return guide(logits, self.cfg) if self.guided else logits
 
     def next(self, tokens: Tensor) -> Tensor:
@@ -121,13 +122,29 @@ class Decoding:
         if self.guided:  # the real token's embedding, once, shared by both halves
             embeddings = torch.cat([embeddings, embeddings])
         position = self._positions[self.cond_len + step : self.cond_len + step + 1]
-        logits = self.model.forward_cached(embeddings, position, self.cache)[:, -1]
+        logits = self._forward(self.model, embeddings, position, self.cache)[:, -1]
         self._step += 1
         if not self.guided:
             return logits
         if self.cfg_interval is not None and self.cfg_interval > -1 and step > self.cfg_interval:
             return logits[: self.batch_size]
         return guide(logits, self.cfg)
+
+
+def _forward(model: GPT, embeddings: Tensor, positions: Tensor, cache: Any) -> Tensor:
+    return model.forward_cached(embeddings, positions, cache)
+
+
+_COMPILED: list[Any] = []
+
+
+def _compiled_forward() -> Any:
+    """The GPT's cached forward under ``torch.compile``, made once per process. Shapes are static (the prefill of
+    the condition, then one token per step, into a preallocated cache), so each model compiles two graphs and
+    reuses them for every step and call; the fused TokLIP step stays eager."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(_forward, dynamic=False))
+    return _COMPILED[0]
 
 
 @contextmanager
@@ -156,12 +173,14 @@ def sample(
     generator: torch.Generator | None = None,
     cond_mask: Tensor | None = None,
     num_tokens: int | None = None,
+    compile: bool = False,
 ) -> Tensor:
     """Sample image-token codes ``[B, num_tokens]`` int64 (default: the whole grid) for conditions ``cond``.
 
     ``seed`` draws from a private generator seeded with it (same draws as LlamaGen after
     ``torch.manual_seed(seed)`` on the same device); without seed or generator the global RNG is used, as
-    LlamaGen does. ``cfg_interval`` k: guidance only for the first token and decode steps 0..k."""
+    LlamaGen does. ``cfg_interval`` k: guidance only for the first token and decode steps 0..k. ``compile``: the
+    GPT's decode step under ``torch.compile`` (LlamaGen's ``--compile``; the first call pays the compilation)."""
     check_sampling_options(cfg=cfg, cfg_interval=cfg_interval, top_k=top_k, top_p=top_p, temperature=temperature,
                            seed=seed)
     if seed is not None and generator is not None:
@@ -177,7 +196,8 @@ def sample(
     pick: dict[str, Any] = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "greedy": greedy,
                             "generator": generator}
     with _inference(model):
-        run = Decoding(model, cond, cfg=cfg, cfg_interval=cfg_interval, cond_mask=cond_mask, num_tokens=num_tokens)
+        run = Decoding(model, cond, cfg=cfg, cfg_interval=cfg_interval, cond_mask=cond_mask, num_tokens=num_tokens,
+                       compile=compile)
         codes = torch.empty(cond.shape[0], run.num_tokens, dtype=torch.long, device=cond.device)
         token = next_token(run.first(), **pick)
         codes[:, :1] = token
