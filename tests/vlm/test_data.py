@@ -109,3 +109,80 @@ def test_a_bad_conversation_file(tmp_path):
     (tmp_path / "ok.json").write_text("[{}]")
     with pytest.raises(toklip.ConfigError, match="is not a folder"):
         ConversationFile(tmp_path / "ok.json", tmp_path / "nowhere")
+
+
+def _shards(path, root, per_shard: int) -> list:
+    """The records of a LLaVA JSON file as WebDataset shards: KEY.json (the record) + KEY.png (its image)."""
+    import io
+    import tarfile
+
+    records = json.loads(path.read_text())
+    root.mkdir()
+    shards = []
+    for start in range(0, len(records), per_shard):
+        shard = root / f"llava-{start // per_shard:03d}.tar"
+        with tarfile.open(shard, "w") as tar:
+            for i, rec in enumerate(records[start : start + per_shard], start):
+                members = {f"{i:05d}.json": json.dumps(rec).encode()}
+                if "image" in rec and (path.parent / rec["image"]).is_file():  # a missing one: no image member
+                    members[f"{i:05d}.png"] = (path.parent / rec["image"]).read_bytes()
+                for name, payload in members.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+        shards.append(shard)
+    return shards
+
+
+def test_webdataset_shards_give_the_json_files_batches(vlm, tmp_path):
+    from toklip.vlm.data import ConversationShards, open_conversations
+
+    path = write_llava(tmp_path / "json", 6, text_only=(1,))
+    _shards(path, tmp_path / "wds", per_shard=6)
+    shards = open_conversations(tmp_path / "wds")
+    assert isinstance(shards, ConversationShards) and isinstance(open_conversations(path), ConversationFile)
+    want = _take(_stream(vlm, ConversationFile(path), shuffle=False), 3)
+    got = _take(_stream(vlm, shards, shuffle=False), 3)
+    for a, b in zip(want, got):
+        for key in ("input_ids", "attention_mask", "labels", "images"):
+            assert torch.equal(a[key], b[key]), key
+        assert a["state"] == b["state"]
+
+
+def test_a_resumed_shard_stream_continues_exactly(vlm, tmp_path):
+    from toklip.vlm.data import open_conversations
+
+    _shards(write_llava(tmp_path / "json", 9), tmp_path / "wds", per_shard=3)
+    data = open_conversations(str(tmp_path / "wds" / "llava-{000..002}.tar"))
+    full = _take(_stream(vlm, data, seed=3), 6)  # 9 samples in batches of 2: crosses into epoch 1
+    resumed = _stream(vlm, data, seed=3)
+    resumed.set_resume({0: {k: v for k, v in full[2]["state"].items() if k != "worker"}})
+    for a, b in zip(full[3:], _take(resumed, 3)):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["images"], b["images"])
+        assert a["state"] == b["state"]
+
+
+def test_bad_shard_samples_are_skipped_and_bad_paths_refused(vlm, tmp_path):
+    import io
+    import tarfile
+
+    from toklip.vlm.data import open_conversations
+
+    shard = tmp_path / "bad.tar"
+    good = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "one"}]}
+    with tarfile.open(shard, "w") as tar:
+        for name, payload in [("a.txt", b"a caption, not a record"), ("b.json", b"{not json"),
+                              ("c.json", json.dumps({"conversations": "no"}).encode()),
+                              ("d.json", json.dumps(good).encode())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    with pytest.warns(UserWarning) as caught:
+        batch = _take(_stream(vlm, open_conversations(shard), shuffle=False, batch_size=1), 1)[0]
+    text = " | ".join(str(w.message) for w in caught)
+    assert "has no .json record" in text and "is not JSON" in text and "no 'conversations' list" in text
+    assert batch["state"]["skipped"] == 3 and batch["images"].shape[0] == 0
+    with pytest.raises(toklip.ConfigError, match="WebDataset shards hold their own images"):
+        open_conversations(shard, tmp_path)
+    with pytest.raises(toklip.ConfigError, match="no shard of"):
+        open_conversations(str(tmp_path / "missing-{000..001}.tar"))

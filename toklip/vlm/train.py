@@ -10,8 +10,8 @@ The TokLIP tower is frozen throughout. Options (the config's ``task`` section)::
     task: {name: vlm, init: runs/vlm-stage1, stage: 2, lora: {r: 128, alpha: 256}, images: /data/mix665k}
 
 ``init`` starts from a VLM folder or a run (stage 2 from stage 1's projector; its tokenizer, LLM, projector and
-features come from there). ``data.path`` is the LLaVA JSON file. The trainer owns processes, precision, the
-optimizer, checkpoints and resume; each checkpoint's model folder is a VLM folder (``toklip.vlm.load_vlm``).
+features come from there). ``data.path`` is the LLaVA JSON file, or WebDataset shards of its records. The
+trainer owns processes, precision, the optimizer, checkpoints and resume; each checkpoint's model folder is a VLM folder (``toklip.vlm.load_vlm``).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class VLMTask:
 
     def setup(self, cfg: Any, info: Any, *, model: nn.Module | None = None, source: Any = None,
               **unused: Any) -> None:
-        from toklip.vlm.data import ConversationFile
+        from toklip.vlm.data import open_conversations
 
         o = self.options
         extra = sorted(k for k, v in unused.items() if v is not None)
@@ -125,9 +125,7 @@ class VLMTask:
                               "apply (use task.tokenizer, task.llm, task.projector, task.init)")
         # the data first: a wrong data.path fails at once, not after loading a 7B LLM
         if source is None:
-            if cfg.data.path is None:
-                raise ConfigError("data.path must name a LLaVA JSON conversation file")
-            source = ConversationFile(cfg.data.path, o["images"])
+            source = open_conversations(cfg.data.path, o["images"])
         self.data = source
         vlm = model if model is not None else self._build()
         vlm.config.template = o["template"]
@@ -139,9 +137,7 @@ class VLMTask:
         vlm.to(info.device).train()
         self.model = vlm
         self.module = VLMForward(vlm)
-        from toklip.data.sources import IndexSource
-
-        self.source = IndexSource(len(source), source.describe())
+        self.source = source.source
 
     def _build(self) -> Any:
         from toklip.vlm.model import build_vlm
