@@ -104,6 +104,35 @@ def bf16_everywhere(images: list[Path], tok, augment: str, batch: int) -> np.nda
     return torch.cat(out).cpu().numpy().reshape(len(x), a, -1)
 
 
+# Dense bf16 tensor-core peaks (vendor datasheets, no sparsity), for the roofline fraction on a GPU.
+BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.4, "H20": 148.0,
+                    "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0, "GH200": 989.4, "B200": 2250.0}
+
+
+def encoder_flop(tok) -> float:
+    """FLOP of the VQ encoder (latent and codebook search) for one image, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, tok.image_size, tok.image_size, device=tok.device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        tok.vq.encode(x)
+    return float(counter.get_total_flops())
+
+
+def roofline(tok, images_per_s: float) -> dict | None:
+    """The share of the GPU's dense bf16 peak that ``images_per_s`` of encoding does (None off a known GPU)."""
+    if tok.device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(tok.device)
+    key = next((k for k in sorted(BF16_PEAK_TFLOPS, key=len, reverse=True) if k in name.replace("-", " ")), None)
+    flop = encoder_flop(tok)
+    out = {"device": name, "encoder_gflop_per_image": flop / 1e9, "achieved_tflops": flop * images_per_s / 1e12}
+    if key is not None:
+        out.update(peak_bf16_tflops=BF16_PEAK_TFLOPS[key],
+                   fraction_of_bf16_peak=out["achieved_tflops"] / BF16_PEAK_TFLOPS[key])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vq", default="llamagen-test")
@@ -176,6 +205,15 @@ def main() -> None:
               "bytes_loop_vs_toklip": base["bytes_per_image"] / best["bytes_per_image"]}
     print(f"best {best['mode']}: {ratios['images_per_s_best_vs_loop']:.2f}x the images/s of the batch-1 fp32 loop, "
           f"{ratios['bytes_loop_vs_toklip']:.2f}x fewer bytes")
+    target = 10.0 if tok.device.type == "cuda" else 3.0
+    print(f"goal images/s vs the batch-1 fp32 loop: {ratios['images_per_s_best_vs_loop']:.2f}x (target >= {target}x); "
+          f"goal bytes: {ratios['bytes_loop_vs_toklip']:.2f}x fewer (target >= 4x)")
+    bf16 = next((r for r in rows if r["mode"] == "toklip-bf16"), None)
+    if bf16 is not None and (line := roofline(tok, bf16["images_per_s"])) is not None:
+        ratios["bf16_roofline"] = line
+        share = line.get("fraction_of_bf16_peak")
+        print(f"bf16 encode: {line['achieved_tflops']:.1f} TFLOP/s"
+              + (f" = {share:.1%} of the {line['peak_bf16_tflops']} TFLOP/s bf16 peak" if share is not None else ""))
     out_dir = args.out or Path(__file__).resolve().parent / "results" / device_slug()
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"_{args.tag}" if args.tag else ""
