@@ -86,7 +86,7 @@ def test_generate_command_writes_the_grid_and_each_image(data, tmp_path, capsys)
                                                 "--cfg", "2", "--seed", "3", "-o", str(tmp_path / "s.png"),
                                                 "--each", str(tmp_path / "each")])
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output.strip().splitlines()[-1])
+    report = json.loads(res.stdout.strip().splitlines()[-1])  # stderr may hold warnings
     assert report["images"] == 4 and Image.open(tmp_path / "s.png").size == (2 * 64, 2 * 64)
     assert sorted(p.name for p in (tmp_path / "each").iterdir())[0] == "00000_class0.png"
     from toklip.cli import main

@@ -169,6 +169,7 @@ BAD = [  # (id, request kwargs, status, code, a fragment of the message)
     ("class-and-classes", {"json": {"class": 1, "classes": [2]}}, 422, "invalid_field", "not both"),
     ("prompt-on-c2i", {"json": {"prompt": "a photo of a cat"}}, 400, "no_caption_encoder", "class-conditional"),
     ("prompt-with-class", {"json": {"prompt": "a cat", "class": 1}}, 400, "no_caption_encoder", "prompt"),
+    ("prompts-on-c2i", {"json": {"prompts": ["a cat"]}}, 400, "no_caption_encoder", "class-conditional"),
     ("json-array", {"json": [1, 2]}, 422, "invalid_field", "object"),
     ("invalid-json", _raw(b'{"class": '), 400, "invalid_json", "not valid JSON"),
     ("empty-body", _raw(b""), 400, "empty_body", "empty"),
@@ -215,7 +216,7 @@ def test_metrics_count_generations_and_no_5xx(gen_http):
 def test_openapi_documents_generate(gen_http):
     spec = gen_http.get("/openapi.json").json()
     body = spec["paths"][GEN]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert {"class", "classes", "n", "cfg", "seed", "format", "prompt"} <= set(body["properties"])
+    assert {"class", "classes", "n", "cfg", "seed", "format", "prompt", "prompts"} <= set(body["properties"])
 
 
 def test_without_a_generator_the_endpoint_says_how_to_get_one(http):
@@ -270,9 +271,9 @@ def test_the_tokenizer_is_the_served_model_only_when_it_fits(gen_folder, saved_m
         load_serving_generator(folder, reference)  # a TokLIP folder, not a generator
 
 
-def test_text_conditional_generators_are_refused(reference):
-    t2i = toklip.build_generator("gpt-test-t2i", tokenizer=reference)
-    with pytest.raises(ConfigError, match="class-conditional"):
+def test_text_conditional_generators_without_a_caption_encoder_are_refused(reference):
+    t2i = toklip.build_generator("gpt-test-t2i", tokenizer=reference)  # served with prompts: test_generate_t2i.py
+    with pytest.raises(ConfigError, match="no caption encoder"):
         GenerateEngine(t2i)
 
 

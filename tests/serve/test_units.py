@@ -88,6 +88,31 @@ def test_concurrent_jobs_share_a_batch_while_the_model_is_busy():
     assert results == ["done:a", "done:b", "done:c", "done:d"]
 
 
+def test_chat_jobs_never_share_a_model_call():
+    """Replies queued together run one per call (each answered when done), while other ops still batch."""
+    calls: list[tuple[str, list]] = []
+
+    def runner(op):
+        def run(payloads):
+            calls.append((op, list(payloads)))
+            return payloads
+        return run
+
+    async def main():
+        b = Batcher({"chat": runner("chat"), "text": runner("text")}, max_batch=8, max_wait_s=5.0, max_queue=100,
+                    op_batch={"chat": 1})
+        b.start()
+        texts = [asyncio.ensure_future(b.submit("text", i, 4)) for i in range(2)]  # fill a batch of 8: no wait
+        chats = [asyncio.ensure_future(b.submit("chat", i, 1)) for i in range(3)]  # no wait for company either
+        out = await asyncio.wait_for(asyncio.gather(*texts, *chats), 4)  # not the 5 s wait for company
+        await b.close()
+        return out
+
+    assert _run(main()) == [0, 1, 0, 1, 2]
+    assert ("text", [0, 1]) in calls and [c for c in calls if c[0] == "chat"] == [("chat", [0]), ("chat", [1]),
+                                                                                  ("chat", [2])]
+
+
 def test_batches_respect_max_batch_and_wait_for_company():
     async def main():
         rec = Recorder()

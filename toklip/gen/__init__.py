@@ -1,4 +1,5 @@
-"""Generators: LlamaGen's autoregressive GPT over image tokens (c2i and t2i), its KV cache and sampler.
+"""Generators: LlamaGen's autoregressive GPT over image tokens (c2i and t2i), its KV cache and sampler, and the
+T5 caption encoder of t2i generators (``CaptionEncoder``).
 
 ``import toklip.gen`` is cheap (no torch): ``GENERATORS`` names each factory as a ``"module:attr"`` string for
 the registry, and the model code loads on first use of an attribute below.
@@ -41,6 +42,7 @@ _LAZY = {
     "filter_logits": "toklip.gen.sampling:filter_logits",
     "load_gpt": "toklip.gen.load:load_gpt",
     "build_generator": "toklip.gen.generator:build_generator",
+    "CaptionEncoder": "toklip.gen.captions:CaptionEncoder",
     "load_generator": "toklip.gen.generator:load_generator",
     "save_generator": "toklip.gen.generator:save_generator",
     "generate": "toklip.gen.generator:generate",
@@ -52,6 +54,7 @@ _LAZY = {
 
 __all__ = [
     "GENERATORS",
+    "CaptionEncoder",
     "build_generator",
     "class_consistency",
     "feature_fid",
@@ -74,6 +77,7 @@ __all__ = [
 __getattr__ = lazy_getattr(__name__, _LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from toklip.gen.captions import CaptionEncoder
     from toklip.gen.config import GPTConfig, named_config
     from toklip.gen.gpt import GPT, build_gpt
     from toklip.gen.kv_cache import StaticKVCache

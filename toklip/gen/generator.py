@@ -3,8 +3,11 @@
 A generator (kind ``generator``: LlamaGen's GPT family and plugins) predicts VQ codes. ``build_generator`` sizes it
 from the tokenizer (vocabulary = the VQ's codebook, image tokens = its grid), optionally gives it fused inputs
 ``fusion(E_tok[x_i], s_i)`` from a frozen causal TokLIP (toklip.gen.fused), and attaches the tokenizer so
-``generate`` returns images. The saved form is a folder: ``generator.json`` (the generator's name and config,
-the fusion, and which tokenizer it reads, with that tokenizer's weights sha256) + ``model.safetensors``.
+``generate`` returns images. A text-conditional (t2i) generator also holds a frozen caption encoder
+(toklip.gen.captions: T5), so ``generate(prompts=[...])`` works. Tokenizer and caption encoder are held by
+reference, outside the module tree: never in the state dict, a checkpoint or the optimizer. The saved form is a
+folder: ``generator.json`` (the generator's name and config, the fusion, which tokenizer it reads with that
+tokenizer's weights sha256, and where its caption encoder comes from) + ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -62,14 +65,23 @@ def build_generator(
     fusion: str | Mapping[str, Any] | None = None,
     feature_layer: int | None = None,
     num_classes: int | None = None,
+    caption_encoder: Any = None,
     **overrides: Any,
 ) -> nn.Module:
     """A generator sized for ``tokenizer``; ``fusion`` (a registered name, or ``{"name": ..., **kwargs}``) makes its
     image-token inputs ``fusion(E_tok[x_i], s_i)`` with the frozen causal TokLIP's features from
-    ``feature_layer`` (None: after the final norm). ``fusion=None`` is plain LlamaGen."""
+    ``feature_layer`` (None: after the final norm). ``fusion=None`` is plain LlamaGen.
+
+    ``caption_encoder`` (t2i generators): a ``toklip.gen.captions.CaptionEncoder``, or what its ``from_pretrained``
+    takes (a T5 encoder folder, a hub id, ``"flan-t5-xl"``); its width must be the generator's caption_dim."""
     from toklip.core.host import get_spec
     from toklip.gen.fused import FusedImageInputs, check_causal
 
+    encoder = None
+    if caption_encoder is not None:
+        from toklip.gen.captions import as_caption_encoder
+
+        encoder = as_caption_encoder(caption_encoder)
     tok, source = resolve_tokenizer(tokenizer)
     if tok is not None:
         for key, value in tokenizer_sizes(tok).items():
@@ -97,6 +109,7 @@ def build_generator(
         "generator": name, "fusion": fusion_spec, "feature_layer": feature_layer,
         "tokenizer": None if tok is None else describe_tokenizer(tok, source),
     })
+    attach_caption_encoder(gen, encoder)
     return gen
 
 
@@ -119,13 +132,52 @@ def tokenizer_of(gen: nn.Module) -> Any:
     return held[0] if held else None
 
 
+def attach_caption_encoder(gen: nn.Module, encoder: Any) -> None:
+    """Keep a t2i generator's caption encoder by reference (a list, so nn.Module does not register it: it is never
+    in the state dict, checkpoints or the optimizer) and record its source in ``toklip_meta``."""
+    gen._toklip_caption_encoder = [encoder]
+    gen.toklip_meta["caption_encoder"] = None if encoder is None else encoder.describe()
+    if encoder is None:
+        return
+    if gen.config.model_type != "t2i":
+        raise ConfigError("caption_encoder is for text-conditional generators (the -t2i names, e.g. gpt-b-t2i); this "
+                          "one is class-conditional (c2i) and takes labels")
+    encoder.check_fits(gen.config.caption_dim)
+
+
+def caption_encoder_of(gen: nn.Module) -> Any:
+    held = getattr(gen, "_toklip_caption_encoder", None)
+    return held[0] if held else None
+
+
+def encode_prompts(gen: nn.Module, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Prompts -> the generator's caption features ``[B, cls_token_num, caption_dim]`` and mask ``[B,
+    cls_token_num]`` (left-padded, LlamaGen's layout), by its caption encoder."""
+    return prompt_encoder(gen).encode(prompts, length=gen.config.cls_token_num)
+
+
+def prompt_encoder(gen: nn.Module) -> Any:
+    """The caption encoder that turns prompts into ``gen``'s condition; an InputError naming the fix when ``gen`` is
+    c2i or has none."""
+    if gen.config.model_type != "t2i":
+        raise InputError("this generator is class-conditional (c2i): give labels=[...] (class indices), not prompts")
+    encoder = caption_encoder_of(gen)
+    if encoder is None:
+        raise InputError("this t2i generator has no caption encoder to turn prompts into caption features: build it "
+                         "with toklip.build_generator(..., caption_encoder='flan-t5-xl' or a T5 folder), load it with "
+                         "toklip.load_generator(..., caption_encoder=PATH), or pass cond= caption features")
+    return encoder
+
+
 # ---------------------------------------------------------------------------------------------- generate
 @torch.no_grad()
 def generate(
     gen: nn.Module,
     labels: Sequence[int] | Tensor | None = None,
     *,
+    prompts: Sequence[str] | None = None,
     cond: Any = None,
+    cond_mask: Tensor | None = None,
     cfg: float = 1.0,
     cfg_interval: int | None = None,
     top_k: int = 0,
@@ -135,15 +187,26 @@ def generate(
     batch_size: int | None = None,
     tokenizer: Any = None,
 ) -> Tensor:
-    """Images ``[B, 3, S, S]`` in [-1, 1]: sample codes for ``labels`` (c2i) or caption features ``cond`` (t2i) and
-    decode them with the tokenizer's VQ. Batches of ``batch_size`` draw from one seeded generator in order: the
-    same seed and batch size give the same images on any run."""
+    """Images ``[B, 3, S, S]`` in [-1, 1]: sample codes for ``labels`` (c2i), ``prompts`` (t2i, encoded by the
+    attached caption encoder, one image each) or caption features ``cond`` (t2i, with ``cond_mask``) and decode
+    them with the tokenizer's VQ. Classifier-free guidance's unconditional half is the model's null condition (t2i:
+    its ``uncond_embedding`` under the prompt's mask, as LlamaGen). Batches of ``batch_size`` draw from one seeded
+    generator in order: the same seed and batch size give the same images on any run."""
     tok = tokenizer if tokenizer is not None else tokenizer_of(gen)
     if tok is None:
         raise InputError("generate decodes codes with a tokenizer: build or load the generator with tokenizer=... "
                          "(or call gen.sample(...) for the codes)")
-    if (labels is None) == (cond is None):
-        raise InputError("give labels=[...] (class-conditional) or cond=caption features (text-conditional)")
+    if sum(x is not None for x in (labels, prompts, cond)) != 1:
+        raise InputError("give one of labels=[...] (class-conditional), prompts=[...] or cond=caption features "
+                         "(text-conditional)")
+    if cond_mask is not None and cond is None:
+        raise InputError("cond_mask goes with cond= caption features (prompts are masked by their encoder)")
+    if prompts is not None:
+        from toklip.gen.captions import check_prompts
+
+        prompts = check_prompts(prompts)
+        prompt_encoder(gen)  # a c2i generator or no encoder: the error now, before any work
+        cond = prompts
     cond = labels if cond is None else cond
     if isinstance(cond, Tensor):
         n = cond.shape[0]
@@ -163,8 +226,11 @@ def generate(
     images = []
     for start in range(0, n, step):
         chunk = cond[start:start + step]
+        mask = None if cond_mask is None else cond_mask[start:start + step]
+        if prompts is not None:
+            chunk, mask = encode_prompts(gen, list(chunk))
         codes = gen.sample(list(chunk) if not isinstance(chunk, Tensor) else chunk, cfg=cfg, cfg_interval=cfg_interval,
-                           top_k=top_k, top_p=top_p, temperature=temperature, generator=rng)
+                           top_k=top_k, top_p=top_p, temperature=temperature, generator=rng, cond_mask=mask)
         images.append(tok.decode(codes.to(tok.device if hasattr(tok, "device") else codes.device)).float().clamp(-1, 1))
     return torch.cat(images)
 
@@ -197,30 +263,59 @@ def load_generator(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     check_tokenizer: bool = True,
+    caption_encoder: Any = None,
     **overrides: Any,
 ) -> nn.Module:
     """A generator from a folder ``save_generator`` wrote, a training run (its newest checkpoint), or a LlamaGen
-    release file (``c2i_B_256.pt``; ``config`` = a size name, mapping or config.json, as ``load_gpt``).
+    release file (``c2i_B_256.pt``, ``t2i_XL_stage1_256.pt``; ``config`` = a size name, mapping or config.json, as
+    ``load_gpt``).
 
     ``tokenizer`` (object or ``toklip.load`` source) defaults to the one the folder records; a fused generator
     needs it, and its VQ must be the one the generator was trained with (sha256 checked unless
-    ``check_tokenizer=False``)."""
+    ``check_tokenizer=False``). ``caption_encoder`` (t2i) defaults to the one the folder records (a T5 folder or
+    hub id); pass a folder or ``CaptionEncoder`` where it lives elsewhere now, or False to attach none. It moves
+    to ``device`` but keeps its own dtype (float32 unless built otherwise)."""
     from toklip.train.checkpoint import run_checkpoint
 
     path = run_checkpoint(source, marker=GENERATOR_FILE)
     if path.is_dir():
-        gen = _load_folder(path, tokenizer=tokenizer, device=device, dtype=dtype, check_tokenizer=check_tokenizer)
+        gen = _load_folder(path, tokenizer=tokenizer, device=device, dtype=dtype, check_tokenizer=check_tokenizer,
+                           caption_encoder=caption_encoder)
     else:
         gen = _load_release_file(path, str(source), config=config, tokenizer=tokenizer, device=device, dtype=dtype,
-                                 **overrides)
+                                 caption_encoder=caption_encoder, **overrides)
     tok = tokenizer_of(gen)
     if tok is not None and device is not None:
         tok.to(device)  # the tokenizer decodes (and, fused, feeds) on the generator's device
+    encoder = caption_encoder_of(gen)
+    if encoder is not None and device is not None:
+        encoder.to(device)
     return gen
 
 
+def _caption_encoder_for(where: Path, recorded: Any, given: Any) -> Any:
+    """The caption encoder to attach: ``given`` (False: none), else the one ``recorded`` in the folder, loaded with
+    the recorded options; a recorded folder that is gone is a ConfigError naming ``caption_encoder=`` as the fix."""
+    from toklip.gen.captions import CaptionEncoder, as_caption_encoder
+
+    if given is False:
+        return None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    options = {"lowercase": bool(recorded.get("lowercase", True))}
+    if given is not None:
+        return given if isinstance(given, CaptionEncoder) else as_caption_encoder(given, **options)
+    if not recorded.get("source"):
+        return None
+    try:
+        return as_caption_encoder(str(recorded["source"]), **options)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        raise type(e)(f"{where} records its caption encoder as {recorded['source']!r}, which cannot be loaded: {e}\n"
+                      "  Pass it where it is now: toklip.load_generator(..., caption_encoder=PATH) or "
+                      "`toklip generate ... --caption-encoder PATH`") from e
+
+
 def _load_release_file(path: Path, source: str, *, config: Any, tokenizer: Any, device: Any, dtype: Any,
-                       **overrides: Any) -> nn.Module:
+                       caption_encoder: Any = None, **overrides: Any) -> nn.Module:
     if path.suffix not in WEIGHT_SUFFIXES or not path.is_file():
         raise ConfigError(f"{source}: not a generator folder (with {GENERATOR_FILE}), a training run or a checkpoint "
                           f"file ({', '.join(WEIGHT_SUFFIXES)})")
@@ -232,10 +327,12 @@ def _load_release_file(path: Path, source: str, *, config: Any, tokenizer: Any, 
         _check_sizes(gen, tok, str(path))
     attach(gen, tok, {"generator": None, "fusion": None, "feature_layer": None,
                       "tokenizer": None if tok is None else describe_tokenizer(tok, tok_source)})
+    attach_caption_encoder(gen, _caption_encoder_for(path, None, caption_encoder))
     return gen
 
 
-def _load_folder(path: Path, *, tokenizer: Any, device: Any, dtype: Any, check_tokenizer: bool) -> nn.Module:
+def _load_folder(path: Path, *, tokenizer: Any, device: Any, dtype: Any, check_tokenizer: bool,
+                 caption_encoder: Any = None) -> nn.Module:
     from toklip.core.io import read_json
     from toklip.gen.config import GPTConfig
     from toklip.model.loading import materialize_missing
@@ -261,9 +358,10 @@ def _load_folder(path: Path, *, tokenizer: Any, device: Any, dtype: Any, check_t
                 f"this tokenizer's: its samples would decode to noise. Pass the tokenizer it was trained with, or "
                 "check_tokenizer=False if you know better")
     name = record.get("generator") or "gpt-b"
-    with torch.device("meta"):
+    encoder = _caption_encoder_for(path, record.get("caption_encoder"), caption_encoder)  # loaded before the meta
+    with torch.device("meta"):  # device context below, which would otherwise hold its weights too
         gen = build_generator(name, tokenizer=tok, fusion=fusion, feature_layer=record.get("feature_layer"),
-                              **cfg.to_dict())
+                              caption_encoder=encoder, **cfg.to_dict())
     state = read_checkpoint(path / WEIGHTS_FILE)
     load_state_dict_strict(gen, state, source=str(path / WEIGHTS_FILE), assign=True)
     if not materialize_missing(gen):  # pragma: no cover

@@ -7,6 +7,14 @@ the fly). Config::
 
     task: {name: gen, generator: gpt-b, tokenizer: toklip-s-256, fusion: concat, num_classes: 1000}
     optim: {lr: 1.0e-4, weight_decay: 0.05, betas: [0.9, 0.95], grad_clip: 1.0, schedule: const, warmup: 0}
+
+Text-conditional (t2i) generators train on captions: tokenized captioned data (``toklip tokenize`` of a CSV, JSONL,
+WebDataset or captioned folder) or such images directly, ``task: {generator: gpt-b-t2i, caption_encoder: PATH or
+flan-t5-xl}``. Each step encodes its captions with the frozen T5 (no_grad; toklip.gen.captions, LlamaGen's
+left-padded layout and mask); ``class_dropout`` replaces a caption by the model's unconditional caption embedding
+under the same mask, as LlamaGen does. The encoder is held outside the generator's module tree, so checkpoints
+(the whole generator state) never include it and resume rebuilds it from its source; it is deterministic in
+eval mode, so resume stays exact. Samples without a caption are skipped (counted).
 """
 
 from __future__ import annotations
@@ -21,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toklip.core.errors import ConfigError
-from toklip.data.sources import IndexSource, RawSample, _mix, decode_image
+from toklip.core.errors import ConfigError, InputError
+from toklip.data.sources import IndexSource, RawSample, _mix, decode_image, read_caption
 from toklip.train.config import TrainConfig, _check_keys
 from toklip.train.data import BatchStream
 from toklip.train.distributed import DistInfo
@@ -37,6 +45,7 @@ class GenOptions:
     fusion: Any = None  # None (plain VQ inputs) | "sum" | "weighted_sum" | "concat" | {"name": ..., **kwargs}
     feature_layer: int | None = None
     num_classes: int | None = None  # default: the class list of the tokenized data
+    caption_encoder: str | None = None  # t2i: the T5 encoder (folder, hub id or "flan-t5-xl") encoding the captions
     class_dropout: float = 0.1  # LlamaGen's class_dropout_prob (conditions dropped for CFG training)
     view: Any = "random"  # which augmentation view of tokenized data: "random" (per image and epoch) or an int
     overrides: dict[str, Any] = field(default_factory=dict)  # GPT config fields (drop_path_rate, ...)
@@ -55,66 +64,100 @@ def parse_options(options: Mapping[str, Any]) -> GenOptions:
         raise ConfigError(f"task.overrides must be a mapping of GPT config fields, got {opts.overrides!r}")
     if opts.fusion is not None and opts.tokenizer is None:
         raise ConfigError("task.fusion reads a TokLIP's features: give task.tokenizer (e.g. toklip-s-256 or a folder)")
+    if opts.caption_encoder is not None and not isinstance(opts.caption_encoder, str):
+        raise ConfigError(f"task.caption_encoder must be a T5 encoder folder, a hub id or flan-t5-xl, got "
+                          f"{opts.caption_encoder!r}")
+    if opts.caption_encoder is None and opts.generator.endswith("-t2i"):
+        raise ConfigError(f"task.caption_encoder: {opts.generator} is text-conditional; give the T5 encoder that "
+                          "makes its caption features (a folder, a hub id, or flan-t5-xl as LlamaGen)")
+    if opts.caption_encoder is not None and opts.num_classes is not None:
+        raise ConfigError("task.num_classes is for class-conditional generators; a t2i run (task.caption_encoder) "
+                          "is conditioned on captions")
     return opts
 
 
 class GenForward(nn.Module):
-    """What DDP/FSDP wrap: ``(codes, labels) -> logits``, the generator held as ``.model``."""
+    """What DDP/FSDP wrap: ``(codes, cond[, cond_mask]) -> logits``, the generator held as ``.model``."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, codes: Tensor, labels: Tensor) -> Tensor:
-        return self.model(codes, labels)
+    def forward(self, codes: Tensor, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:
+        return self.model(codes, cond, cond_mask=cond_mask)
+
+
+def caption_of(value: Any) -> str:
+    """A training caption (an InputError, so the sample is skipped, when missing or empty); cut to the caption
+    encoder's character limit (its tokens are truncated far below it anyway)."""
+    from toklip.gen.captions import MAX_PROMPT_CHARS
+
+    if value is None:
+        raise InputError("the sample has no caption")
+    return read_caption(value)[:MAX_PROMPT_CHARS]
+
+
+def collate_items(items: list[tuple[Tensor, Any]], captions: bool) -> dict[str, Any]:
+    """``(codes [N] or image [3, S, S], label or caption)`` pairs -> ``{"codes" | "images", "labels" | "captions"}``."""
+    first = items[0][0]
+    key = "images" if first.is_floating_point() else "codes"
+    batch: dict[str, Any] = {key: torch.stack([x for x, _ in items])}
+    if captions:
+        batch["captions"] = [c for _, c in items]
+    else:
+        batch["labels"] = torch.tensor([lab for _, lab in items])
+    return batch
 
 
 class TokenItems:
-    """Decode + collate for tokenized data: ``{"codes" [B, N], "labels" [B]}``; the view of image i in epoch e is
-    drawn from (seed, e, i), so it differs per epoch and a resumed run draws the same ones."""
+    """Decode + collate for tokenized data: ``{"codes" [B, N], "labels" [B]}`` (or ``"captions"``, a list of B
+    strings, with ``captions=True``); the view of image i in epoch e is drawn from (seed, e, i), so it differs per
+    epoch and a resumed run draws the same ones."""
 
-    def __init__(self, root: str, *, seed: int, view: Any) -> None:
+    def __init__(self, root: str, *, seed: int, view: Any, captions: bool = False) -> None:
         from toklip.data.token_dataset import TokenDataset
 
         self.dataset = TokenDataset(root, view=0)
-        self.seed, self.view = seed, view
+        self.seed, self.view, self.captions = seed, view, captions
 
-    def decode(self, s: RawSample) -> tuple[Tensor, int]:
+    def decode(self, s: RawSample) -> tuple[Tensor, Any]:
         epoch, index = s.image
         views = self.dataset.tokens(index)
         v = random.Random(_mix(self.seed, epoch, index)).randrange(len(views)) if self.view == "random" else self.view
         shard, row = self.dataset.locate(index)
-        labels = self.dataset.record(shard).get("labels")
-        return torch.from_numpy(views[v].astype("int64")), int(labels[row]) if labels is not None else -1
+        codes = torch.from_numpy(views[v].astype("int64"))
+        record = self.dataset.record(shard)
+        if self.captions:
+            captions = record.get("captions")
+            return codes, caption_of(captions[row] if captions is not None else None)
+        labels = record.get("labels")
+        return codes, int(labels[row]) if labels is not None else -1
 
-    @staticmethod
-    def collate(items: list[tuple[Tensor, int]]) -> dict[str, Any]:
-        return {"codes": torch.stack([c for c, _ in items]), "labels": torch.tensor([lab for _, lab in items])}
+    def collate(self, items: list[tuple[Tensor, Any]]) -> dict[str, Any]:
+        return collate_items(items, self.captions)
 
 
 class ImageItems:
     """Decode + collate for labelled samples (``LabeledSample``) whose ``image`` is an image (``{"images", "labels"}``;
     the VQ computes the codes in ``losses``) or codes computed once beforehand, an integer tensor ``[N]``
-    (``{"codes", "labels"}``, as from tokenized data)."""
+    (``{"codes", "labels"}``, as from tokenized data); with ``captions=True``, captioned samples (``"captions"``
+    instead of ``"labels"``)."""
 
-    def __init__(self, image_size: int, max_pixels: int | None) -> None:
-        self.image_size, self.max_pixels = image_size, max_pixels
+    def __init__(self, image_size: int, max_pixels: int | None, captions: bool = False) -> None:
+        self.image_size, self.max_pixels, self.captions = image_size, max_pixels, captions
 
-    def decode(self, s: RawSample) -> tuple[Tensor, int]:
-        label = int(getattr(s, "label", -1))
+    def decode(self, s: RawSample) -> tuple[Tensor, Any]:
+        condition = caption_of(s.caption) if self.captions else int(getattr(s, "label", -1))
         if isinstance(s.image, Tensor) and not s.image.is_floating_point():
-            return s.image.long(), label
-        return decode_image(s.image, self.image_size, "shortest", self.max_pixels), label
+            return s.image.long(), condition
+        return decode_image(s.image, self.image_size, "shortest", self.max_pixels), condition
 
-    @staticmethod
-    def collate(items: list[tuple[Tensor, int]]) -> dict[str, Any]:
-        first = items[0][0]
-        key = "images" if first.is_floating_point() else "codes"
-        return {key: torch.stack([i for i, _ in items]), "labels": torch.tensor([lab for _, lab in items])}
+    def collate(self, items: list[tuple[Tensor, Any]]) -> dict[str, Any]:
+        return collate_items(items, self.captions)
 
 
 class GeneratorTask:
-    """Next-token prediction of VQ codes, conditioned on class labels (c2i)."""
+    """Next-token prediction of VQ codes, conditioned on class labels (c2i) or captions (t2i)."""
 
     name = "gen"
 
@@ -126,9 +169,9 @@ class GeneratorTask:
         parse_options(options)
 
     def setup(self, cfg: TrainConfig, info: DistInfo, *, model: nn.Module | None = None, source: Any = None) -> None:
-        """``model``: a generator from ``build_generator`` (its tokenizer attached); ``source``: labelled image samples
-        (``LabeledSample``) instead of ``data.path``."""
-        from toklip.gen.generator import build_generator, resolve_tokenizer, tokenizer_of
+        """``model``: a generator from ``build_generator`` (its tokenizer, and for t2i its caption encoder, attached);
+        ``source``: labelled (or captioned, t2i) image samples instead of ``data.path``."""
+        from toklip.gen.generator import build_generator, caption_encoder_of, resolve_tokenizer, tokenizer_of
 
         o = self.options
         path = cfg.data.path
@@ -139,13 +182,24 @@ class GeneratorTask:
         if tok is None:
             tok, _ = resolve_tokenizer(o.tokenizer)
         self.tokenizer = tok
+        encoder = caption_encoder_of(model) if model is not None else None
+        if encoder is None and o.caption_encoder is not None:
+            from toklip.gen.captions import CaptionEncoder
+
+            encoder = CaptionEncoder.from_pretrained(o.caption_encoder)
+        self.t2i = encoder is not None or (model is not None and model.model_type == "t2i")
         classes: list[str] | None = None
         if self.tokens:
-            self.items: Any = TokenItems(str(path), seed=cfg.train.seed, view=o.view)
+            self.items: Any = TokenItems(str(path), seed=cfg.train.seed, view=o.view, captions=self.t2i)
             ds = self.items.dataset
             self.source = IndexSource(len(ds), f"tokens {path}")
             classes = ds.classes
             self._check_tokens_fit(ds, tok)
+            first = next((i for i, shard in enumerate(ds.shards) if shard["count"]), None)
+            if self.t2i and first is not None and "captions" not in ds.record(first):
+                raise ConfigError(f"the tokens in {path} have no captions: a t2i generator trains on captioned data "
+                                  "(tokenize a CSV/TSV, JSONL, WebDataset or a folder with a .txt caption beside each "
+                                  "image)")
         else:
             if tok is None:
                 raise ConfigError(f"{path} is not a `toklip tokenize` output folder; to train from images directly "
@@ -154,29 +208,43 @@ class GeneratorTask:
                 from toklip.data.readers import open_images
 
                 opened = open_images(path, cfg.data.type if cfg.data.type in ("auto", "class-folder") else "auto")
-                if opened.classes is None:
+                if self.t2i and not opened.has_captions:
+                    raise ConfigError(f"{path} ({opened.kind}) has no captions: a t2i generator trains on captioned "
+                                      "images (CSV/TSV, JSONL, WebDataset, or a folder with a .txt beside each image)")
+                if not self.t2i and opened.classes is None:
                     raise ConfigError(f"{path}: class-conditional training needs class labels (ImageNet-style class "
                                       "folders) or tokenized data with labels")
                 source, classes = opened.source, opened.classes
             self.source = source
-            self.items = ImageItems(tok.image_size, cfg.data.max_pixels)
-        self.classes = classes
+            self.items = ImageItems(tok.image_size, cfg.data.max_pixels, captions=self.t2i)
+        self.classes = None if self.t2i else classes
         if model is None:
-            num_classes = o.num_classes or (len(classes) if classes else None)
-            if num_classes is None:
-                raise ConfigError("task.num_classes: the data has no class list; say how many classes there are")
             overrides = {**o.overrides, "class_dropout_prob": o.class_dropout}
+            num_classes = None
+            if not self.t2i:
+                num_classes = o.num_classes or (len(classes) if classes else None)
+                if num_classes is None:
+                    raise ConfigError("task.num_classes: the data has no class list; say how many classes there are")
             if tok is None:  # plain VQ codes from tokenized data: sizes from its manifest
                 overrides.setdefault("vocab_size", self.items.dataset.vocab_size)
                 h, w = self.items.dataset.grid
                 overrides.setdefault("block_size", h * w)
             model = build_generator(o.generator, tokenizer=tok, fusion=o.fusion, feature_layer=o.feature_layer,
-                                    num_classes=num_classes, **overrides)
+                                    num_classes=num_classes, caption_encoder=encoder, **overrides)
             if tok is None and self.tokens:
                 model.toklip_meta["tokenizer"] = self._tokens_tokenizer_record()
+        if model.model_type == "t2i" and encoder is None:
+            raise ConfigError(f"task.caption_encoder: {o.generator} is text-conditional; give the T5 encoder that "
+                              "makes its caption features (a folder, a hub id, or flan-t5-xl as LlamaGen)")
+        if model.model_type != "t2i" and encoder is not None:
+            raise ConfigError(f"task.caption_encoder is for text-conditional generators; {o.generator} is "
+                              "class-conditional (c2i)")
         model.to(info.device).train()
         if tok is not None:
             tok.to(info.device)
+        if encoder is not None:
+            encoder.to(info.device)  # frozen, eval mode, outside the module tree (never in checkpoints)
+        self.caption_encoder = encoder
         self.model = model
         self.module = GenForward(model)
 
@@ -209,13 +277,16 @@ class GeneratorTask:
                            workers=cfg.data.workers, seed=cfg.train.seed, shuffle=cfg.data.shuffle)
 
     def losses(self, runner: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
-        labels = batch["labels"].to(device, non_blocking=True)
         if "codes" in batch:
             codes = batch["codes"].to(device, non_blocking=True)
         else:
             with torch.no_grad():
                 codes = self.tokenizer.vq.encode(batch["images"].to(device)).indices.flatten(1)
-        logits = runner(codes, labels)
+        if self.t2i:  # the frozen T5, no_grad; dropped captions become the uncond embedding in the model
+            cond, mask = self.caption_encoder.encode(batch["captions"], length=self.model.config.cls_token_num)
+            logits = runner(codes, cond, mask)
+        else:
+            logits = runner(codes, batch["labels"].to(device, non_blocking=True))
         return {"ce": F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())}
 
     def after_step(self) -> None:
@@ -232,4 +303,7 @@ class GeneratorTask:
     def describe(self) -> str:
         meta = getattr(self.model, "toklip_meta", {})
         fusion = (meta.get("fusion") or {}).get("name")
-        return f"{meta.get('generator') or self.options.generator} ({f'fusion {fusion}' if fusion else 'plain VQ inputs'})"
+        captions = (meta.get("caption_encoder") or {}).get("source")
+        text = f", t2i, captions by {captions}" if captions else ""
+        return (f"{meta.get('generator') or self.options.generator} "
+                f"({f'fusion {fusion}' if fusion else 'plain VQ inputs'}{text})")

@@ -20,6 +20,7 @@ from toklip.serve import schemas
 from toklip.serve.batcher import Batcher, QueueFull, ShuttingDown
 from toklip.serve.engine import Engine
 from toklip.serve.errors import bad_request, invalid, unavailable
+from toklip.serve.chat import add_chat_route
 from toklip.serve.generate import add_generate_route
 from toklip.serve.images import images_to_batch
 from toklip.serve.inputs import BodyLimits, Parsed, body_limits, parse_request
@@ -46,6 +47,7 @@ class ServerState:
     warmup_error: str | None = None
     decode_limiter: Any = field(default=None)  # anyio.CapacityLimiter, made in the app's lifespan
     generator: Any = None  # toklip.serve.generate.GenerateEngine when started with --generator
+    chat: Any = None  # toklip.serve.chat.ChatEngine when started with --vlm
 
     async def submit(self, op: str, payload: Any, n: int) -> Any:
         if self.warmup_error is not None:
@@ -126,6 +128,7 @@ def build_router(state: ServerState) -> APIRouter:
                 "max_generate_images": s.generate_limit,
             },
             "generator": None if state.generator is None else state.generator.info.to_json(),
+            "chat": None if state.chat is None else state.chat.info_json(s.max_body_bytes),
         }
 
     @router.post(
@@ -216,6 +219,7 @@ def build_router(state: ServerState) -> APIRouter:
         return png_response(pngs, fmt, state.meta())
 
     add_generate_route(router, state)
+    add_chat_route(router, state)
     return router
 
 

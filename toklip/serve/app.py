@@ -26,6 +26,7 @@ from toklip._version import __version__
 from toklip.core.errors import InputError, TokLIPError
 from toklip.serve.api import ServerState, build_router
 from toklip.serve.batcher import Batcher
+from toklip.serve.chat import ChatEngine, chat_limits
 from toklip.serve.engine import Engine
 from toklip.serve.errors import APIError, error_body
 from toklip.serve.generate import GenerateEngine
@@ -41,7 +42,7 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 's
 
 DESCRIPTION = """TokLIP visual tokenizer as a service: images to discrete VQ tokens and semantic features,
 normalised image and text embeddings, image-text similarity, and decoding tokens back to pixels; with a
-generator (`--generator`), class-conditional image generation.
+generator (`--generator`), image generation from class labels or prompts; with a VLM (`--vlm`), chat about an image.
 
 Images come as multipart uploads (field `image`), base64 strings in JSON (`images`), or the file itself as
 the body. The server never fetches URLs. Errors are always JSON: `{"error": {"status", "code", "message"}}`.
@@ -62,15 +63,20 @@ def create_app(
     *,
     on_ready: Callable[[float], None] | None = None,
     generator: Any = None,
+    vlm: Any = None,
 ) -> FastAPI:
     """Serve one TokLIP model (or an ``Engine`` around one) with the given limits; ``generator`` (a generator
-    with its tokenizer attached, or a ``GenerateEngine``) also serves POST /v1/generate."""
+    with its tokenizer attached, or a ``GenerateEngine``) also serves POST /v1/generate, and ``vlm`` (a VLM, or a
+    ``ChatEngine``) POST /v1/chat."""
     settings = settings or ServeSettings()
     engine = model if isinstance(model, Engine) else Engine(model, max_batch=settings.max_batch)
     metrics = Metrics()
     state = ServerState(engine, settings, metrics)
     if generator is not None:
         state.generator = generator if isinstance(generator, GenerateEngine) else GenerateEngine(generator)
+    if vlm is not None:
+        state.chat = vlm if isinstance(vlm, ChatEngine) else ChatEngine(vlm, chat_limits(settings))
+        state.chat.on_reply = metrics.observe_chat  # in the model thread (prometheus_client is thread-safe)
 
     async def warm_up() -> None:
         assert state.batcher is not None
@@ -79,6 +85,8 @@ def create_app(
             await state.batcher.run_exclusive(engine.warm_up)
             if state.generator is not None:
                 await state.batcher.run_exclusive(state.generator.warm_up)
+            if state.chat is not None:
+                await state.batcher.run_exclusive(state.chat.warm_up)
         except Exception as e:  # noqa: BLE001 - reported by /readyz and every request
             log.exception("warm-up failed")
             state.warmup_error = type(e).__name__  # the details (paths, device messages) go to the log only
@@ -94,10 +102,12 @@ def create_app(
         runners = {"image": engine.run_images, "text": engine.run_texts, "decode": engine.run_decode}
         if state.generator is not None:
             runners["generate"] = state.generator.run
+        if state.chat is not None:
+            runners["chat"] = state.chat.run
         batcher = Batcher(
             runners,
             max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000.0, max_queue=settings.max_queue,
-            on_batch=metrics.observe_batch, on_depth=metrics.queue_depth.set,
+            on_batch=metrics.observe_batch, on_depth=metrics.queue_depth.set, op_batch={"chat": 1},
         )
         batcher.start()
         state.batcher = batcher

@@ -54,9 +54,13 @@ class Batcher:
         max_queue: int,
         on_batch: Callable[[str, int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        op_batch: Mapping[str, int] | None = None,
     ) -> None:
+        """``op_batch``: the most items of an operation one call takes, where that is not ``max_batch`` (1 for
+        chat: replies run one by one, and each is answered when it is done, not when its batch is)."""
         self.runners = dict(runners)
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
+        self.op_batch = {op: dict(op_batch or {}).get(op, max_batch) for op in self.runners}
         self._on_batch = on_batch or (lambda op, n, seconds: None)
         self._on_depth = on_depth or (lambda depth: None)
         self._pending: dict[str, collections.deque[_Job]] = {op: collections.deque() for op in self.runners}
@@ -180,7 +184,7 @@ class Batcher:
                 continue
             deadline = self._pending[op][0].enqueued + self.max_wait_s
             remaining = deadline - time.monotonic()
-            if self._count(op) < self.max_batch and remaining > 0 and not self._closing:
+            if self._count(op) < self.op_batch[op] and remaining > 0 and not self._closing:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), remaining)
@@ -207,7 +211,7 @@ class Batcher:
 
     def _take(self, op: str) -> list[_Job]:
         queue, jobs, count = self._pending[op], [], 0
-        while queue and (not jobs or count + queue[0].n <= self.max_batch):
+        while queue and (not jobs or count + queue[0].n <= self.op_batch[op]):
             job = queue.popleft()
             jobs.append(job)
             count += job.n

@@ -70,8 +70,29 @@ def _load_generator(source: str | None, model: object, model_source: str, tokeni
     info = engine.info
     fused = f", fused {info.fusion}" if info.fusion else ""
     decoder = "the served model" if info.tokenizer == "served" else f"its recorded tokenizer {engine.tokenizer_source}"
-    click.echo(f"toklip serve: generator {info.name} ({info.model_type}, {info.num_classes} classes{fused}), "
+    condition = f"prompts of up to {info.max_prompt_chars} characters" if info.max_prompt_chars else f"{info.num_classes} classes"
+    click.echo(f"toklip serve: generator {info.name} ({info.model_type}, {condition}{fused}), "
                f"decoded by {decoder}, loaded in {time.perf_counter() - t0:.1f} s")
+    return engine
+
+
+def _load_vlm(source: str | None, model: object, settings: ServeSettings) -> object | None:
+    """``--vlm``: a ChatEngine on the served model's device and dtype, or a clear error (never a traceback)."""
+    if source is None:
+        return None
+    import time
+
+    from toklip.core.errors import TokLIPError
+    from toklip.serve.chat import chat_limits, load_serving_vlm
+
+    t0 = time.perf_counter()
+    try:
+        engine = load_serving_vlm(source, model, chat_limits(settings))
+    except TokLIPError as e:
+        raise click.ClickException(f"--vlm {source}: {e}") from e
+    info = engine.info
+    click.echo(f"toklip serve: chat model {info.name} ({info.image_tokens} image tokens, {info.dtype}), loaded in "
+               f"{time.perf_counter() - t0:.1f} s")
     return engine
 
 
@@ -119,14 +140,18 @@ def _setup_logging(level: str) -> None:
 @click.option("--max-connections", default=512, show_default=True, type=click.IntRange(1),
               help="open connections before new ones get 503 + Retry-After")
 @click.option("--generator", "generator_source", default=None, metavar="PATH",
-              help="also serve POST /v1/generate with this class-conditional generator (a save_generator folder or a "
-                   "training run)")
+              help="also serve POST /v1/generate with this generator (c2i, or t2i with its recorded caption encoder; a "
+                   "save_generator folder or a training run)")
 @click.option("--generator-tokenizer", default="auto", show_default=True,
               type=click.Choice(["auto", "served", "recorded"]),
               help="what decodes the generator's codes: the served model (served), the tokenizer its folder records "
                    "(recorded), or the served model when it is that one (auto)")
 @click.option("--max-generate-images", default=16, show_default=True, type=click.IntRange(1),
               help="images one /v1/generate request may ask for")
+@click.option("--vlm", "vlm_source", default=None, metavar="PATH",
+              help="also serve POST /v1/chat with this VLM (a VLM.save_pretrained folder or a vlm training run)")
+@click.option("--max-chat-tokens", default=512, show_default=True, type=click.IntRange(1),
+              help="new tokens one /v1/chat request may ask for")
 @click.option("--api-key-env", default=None, metavar="VAR",
               help="require the API key held in environment variable VAR (never pass keys on the command line)")
 @click.option("--cors-origin", "cors_origins", multiple=True, help="allow this browser origin (CORS is off by default)")
@@ -140,11 +165,12 @@ def serve_command(
     max_batch: int, max_wait_ms: float, max_queue: int, max_concurrency: int, max_request_items: int,
     max_body_mb: float, max_image_pixels: int, request_timeout: float, decode_threads: int, header_timeout: float,
     keep_alive_timeout: float, max_connections: int, generator_source: str | None, generator_tokenizer: str,
-    max_generate_images: int, api_key_env: str | None, cors_origins: tuple[str, ...],
+    max_generate_images: int, vlm_source: str | None, max_chat_tokens: int, api_key_env: str | None,
+    cors_origins: tuple[str, ...],
     log_level: str, access_log: bool, graceful_timeout: float,
 ) -> None:
-    """Serve tokenize / embed / similarity / decode (and, with --generator, generate) over HTTP, with a page
-    for people at /."""
+    """Serve tokenize / embed / similarity / decode (and, with --generator, generate; with --vlm, chat) over
+    HTTP, with a page for people at /. --model is always needed: a VLM or a generator is served beside it."""
     from toklip.core.errors import ConfigError
 
     _setup_logging(log_level)
@@ -159,7 +185,7 @@ def serve_command(
             max_request_items=max_request_items, max_body_bytes=int(max_body_mb * 1024 * 1024),
             max_image_pixels=max_image_pixels, request_timeout_s=request_timeout, decode_threads=decode_threads,
             header_timeout_s=header_timeout, keep_alive_timeout_s=keep_alive_timeout, max_connections=max_connections,
-            max_generate_images=max_generate_images, api_key=api_key,
+            max_generate_images=max_generate_images, max_chat_tokens=max_chat_tokens, api_key=api_key,
             cors_origins=cors_origins,
         )
     except ConfigError as e:
@@ -171,14 +197,15 @@ def serve_command(
     sock = bind_socket(host, port)  # before the slow model load, so a busy port fails fast
     try:
         _run(sock, settings, model_source, weights, random_weights, device, dtype, log_level, access_log,
-             graceful_timeout, generator_source, generator_tokenizer)
+             graceful_timeout, generator_source, generator_tokenizer, vlm_source)
     finally:
         sock.close()
 
 
 def _run(sock: socket.socket, settings: ServeSettings, model_source: str, weights: str | None,
          random_weights: bool, device: str, dtype: str, log_level: str, access_log: bool,
-         graceful_timeout: float, generator_source: str | None = None, generator_tokenizer: str = "auto") -> None:
+         graceful_timeout: float, generator_source: str | None = None, generator_tokenizer: str = "auto",
+         vlm_source: str | None = None) -> None:
     import time
 
     import uvicorn
@@ -193,12 +220,13 @@ def _run(sock: socket.socket, settings: ServeSettings, model_source: str, weight
     click.echo(f"toklip serve: model {model.config.name or model_source} on {model.device} ({model.dtype}), "
                f"loaded in {time.perf_counter() - t0:.1f} s")
     generator = _load_generator(generator_source, model, model_source, generator_tokenizer)
+    vlm = _load_vlm(vlm_source, model, settings)
 
     def on_ready(seconds: float) -> None:
         click.echo(f"toklip serve: ready on {url} (warm-up {seconds:.2f} s; page at /, API docs at /docs)")
         sys.stdout.flush()
 
-    app = create_app(model, settings, on_ready=on_ready, generator=generator)
+    app = create_app(model, settings, on_ready=on_ready, generator=generator, vlm=vlm)
     config = uvicorn_config(app, settings, log_level=log_level, access_log=access_log, lifespan="on",
                             timeout_graceful_shutdown=graceful_timeout)
     server = uvicorn.Server(config)

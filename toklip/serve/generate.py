@@ -1,10 +1,12 @@
-"""Image generation in the server: ``POST /v1/generate`` with a class-conditional generator (``--generator``).
+"""Image generation in the server: ``POST /v1/generate`` with a class-conditional generator (``--generator``), or a
+text-conditional one with its caption encoder (``"prompt"`` / ``"prompts"``).
 
-``GenerateEngine`` is the engine of a generator: it checks a request against the generator (classes in range,
-guidance possible, the image limit) before anything is queued, and runs generation in the batcher's model
-thread (op ``"generate"``), so it never blocks the event loop and never runs beside another model call. Each
-request is generated on its own, from its own seeded ``torch.Generator``: the same request with the same seed
-gives the same images (batching with other requests never changes them).
+``GenerateEngine`` is the engine of a generator: it checks a request against the generator (classes in range or
+prompts of bounded length, guidance possible, the image limit) before anything is queued, and runs generation
+(prompt encoding by the frozen T5 included) in the batcher's model thread (op ``"generate"``), so it never blocks
+the event loop and never runs beside another model call. Each request is generated on its own, from its own
+seeded ``torch.Generator``: the same request with the same seed gives the same images (batching with other
+requests never changes them).
 
 ``load_serving_generator`` picks the generator's tokenizer: the served TokLIP when it fits (one model in memory),
 else the tokenizer the generator's folder records.
@@ -28,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from toklip.core.errors import ConfigError
 from toklip.serve import schemas
 from toklip.serve.errors import APIError, bad_request, invalid, too_large
-from toklip.serve.inputs import limit_body, load_json, media_type, validate
+from toklip.serve.inputs import load_json, read_json_body, validate
 from toklip.serve.outputs import MEDIA_TYPES, choose_format, encode_png
 
 if TYPE_CHECKING:
@@ -37,7 +39,10 @@ if TYPE_CHECKING:
 
 TOKENIZER_MODES = ("auto", "served", "recorded")
 DEFAULT_CFG = 4.0  # LlamaGen's sample_c2i default, for generators trained with class dropout
+DEFAULT_T2I_CFG = 7.5  # LlamaGen's sample_t2i default
 MAX_BODY_BYTES = 16 * 1024  # a generate request is a few numbers; `classes` is bounded by the image limit anyway
+MAX_PROMPT_CHARS = 1000  # per prompt; T5 reads the first cls_token_num (120) tokens, a few hundred characters
+JSON_BYTES_PER_CHAR = 12  # the most one character takes in JSON ("\\ud83d\\ude00"): bounds a body of prompts
 GRID_PADDING = 2  # pixels between the images of a png_grid answer
 SEED_BITS = 53  # server-chosen seeds stay exact in JavaScript numbers
 
@@ -48,7 +53,7 @@ class GeneratorInfo:
 
     name: str
     model_type: str
-    num_classes: int
+    num_classes: int  # 0 for a t2i generator
     num_tokens: int
     grid: tuple[int, int]
     vocab_size: int
@@ -60,6 +65,8 @@ class GeneratorInfo:
     tokenizer: str  # "served" (the served TokLIP decodes) or "recorded" (the one the generator's folder names)
     device: str
     dtype: str
+    max_prompt_chars: int | None = None  # t2i: the longest prompt a request may send (None: c2i, no prompts)
+    prompt_tokens: int | None = None  # t2i: caption tokens the model reads (longer prompts are truncated)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "grid": list(self.grid)}
@@ -67,7 +74,7 @@ class GeneratorInfo:
 
 @dataclass(frozen=True)
 class GenerateJob:
-    """One checked request: one label per image and the sampling options."""
+    """One checked request: one label (c2i) or prompt (t2i) per image and the sampling options."""
 
     labels: tuple[int, ...]
     cfg: float
@@ -76,6 +83,12 @@ class GenerateJob:
     top_p: float
     temperature: float
     seed: int
+    prompts: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        """Images asked for."""
+        return len(self.prompts) or len(self.labels)
 
 
 @dataclass(frozen=True)
@@ -85,15 +98,18 @@ class GenerateResult:
 
 
 class GenerateEngine:
-    """A c2i generator with its tokenizer attached (``toklip.load_generator``), served one request at a time."""
+    """A c2i generator with its tokenizer attached (``toklip.load_generator``), or a t2i one with its tokenizer and
+    caption encoder, served one request at a time."""
 
     def __init__(self, generator: Any, *, tokenizer_label: str = "served", tokenizer_source: str | None = None) -> None:
-        from toklip.gen.generator import tokenizer_of
+        from toklip.gen.generator import caption_encoder_of, tokenizer_of
 
-        if generator.model_type != "c2i":
+        t2i = generator.model_type == "t2i"
+        if t2i and caption_encoder_of(generator) is None:
             raise ConfigError(
-                f"toklip serve generates with class-conditional (c2i) generators; this one is {generator.model_type} "
-                "and needs caption features from a text encoder, which the server does not have")
+                "this generator is text-conditional (t2i) and has no caption encoder to turn prompts into caption "
+                "features: save it with one, toklip.gen.save_generator(toklip.load_generator(FOLDER, "
+                "caption_encoder=T5_FOLDER_OR_HUB_ID), NEW_FOLDER), and serve NEW_FOLDER")
         tok = tokenizer_of(generator)
         if tok is None:
             raise ConfigError("the generator has no tokenizer to decode its codes; load it with tokenizer=...")
@@ -102,10 +118,11 @@ class GenerateEngine:
         cfg, meta = generator.config, getattr(generator, "toklip_meta", None) or {}
         fusion = meta.get("fusion")
         weight = next(generator.parameters())
+        default_cfg = DEFAULT_T2I_CFG if t2i else DEFAULT_CFG
         self.info = GeneratorInfo(
             name=str(meta.get("generator") or "custom"),
             model_type=generator.model_type,
-            num_classes=int(cfg.num_classes),
+            num_classes=0 if t2i else int(cfg.num_classes),
             num_tokens=int(generator.num_tokens),
             grid=(int(cfg.grid), int(cfg.grid)),
             vocab_size=int(cfg.vocab_size),
@@ -113,17 +130,27 @@ class GenerateEngine:
             fusion=None if not fusion else str(fusion.get("name")),
             feature_layer=meta.get("feature_layer"),
             guidance=bool(cfg.has_null_class),
-            default_cfg=DEFAULT_CFG if cfg.has_null_class else 1.0,
+            default_cfg=default_cfg if cfg.has_null_class else 1.0,
             tokenizer=tokenizer_label,
             device=str(weight.device),
             dtype=str(weight.dtype).removeprefix("torch."),
+            max_prompt_chars=MAX_PROMPT_CHARS if t2i else None,
+            prompt_tokens=int(cfg.cls_token_num) if t2i else None,
         )
+
+    def body_limit(self, settings: ServeSettings) -> int:
+        """The largest request body: a few numbers, plus (t2i) the longest prompts the image limit allows."""
+        if self.info.max_prompt_chars is None:
+            return MAX_BODY_BYTES
+        return MAX_BODY_BYTES + settings.generate_limit * self.info.max_prompt_chars * JSON_BYTES_PER_CHAR
 
     # ------------------------------------------------------------------ request side (event loop, cheap)
     def check(self, request: schemas.GenerateRequest, settings: ServeSettings) -> GenerateJob:
         """A validated request -> the job to queue, or a 4xx ``APIError`` saying what to change."""
         info = self.info
-        if request.prompt is not None:
+        if info.model_type == "t2i":
+            return self._check_prompts(request, settings)
+        if request.prompt is not None or request.prompts is not None:
             raise bad_request(
                 f"generator {info.name!r} is class-conditional (c2i) and this server has no caption encoder, so it "
                 "cannot take a prompt; send \"class\": N or \"classes\": [...] with N in "
@@ -143,14 +170,43 @@ class GenerateEngine:
         if bad:
             raise invalid(f"class {bad[0]} is out of range: generator {info.name!r} has {info.num_classes} classes, "
                           f"0 to {info.num_classes - 1}", "invalid_class")
+        return self._job(request, labels=tuple(c for c in classes for _ in range(request.n)))
+
+    def _check_prompts(self, request: schemas.GenerateRequest, settings: ServeSettings) -> GenerateJob:
+        info = self.info
+        if request.class_ is not None or request.classes is not None:
+            raise invalid(f"generator {info.name!r} is text-conditional (t2i): send \"prompt\": TEXT (n images) or "
+                          "\"prompts\": [...] (n images of each), not classes", "invalid_field")
+        if request.prompt is not None and request.prompts is not None:
+            raise invalid("send \"prompt\" (one prompt, n images) or \"prompts\" (n images of each), not both",
+                          "invalid_field")
+        if request.prompt is None and request.prompts is None:
+            raise invalid("missing field 'prompt': send \"prompt\": \"a red fox\" (or \"prompts\": [...])",
+                          "missing_field")
+        prompts = [request.prompt] if request.prompt is not None else list(request.prompts or [])
+        total = len(prompts) * request.n
+        if total > settings.generate_limit:
+            raise too_large(f"{len(prompts)} prompt(s) x n={request.n} is {total} images, above this server's limit "
+                            f"of {settings.generate_limit} per request; ask for fewer", "too_many_items")
+        for i, text in enumerate(prompts):
+            if not text.strip():
+                raise invalid(f"prompt {i} is empty; describe the image", "invalid_prompt")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise invalid(f"prompt {i} has {len(text)} characters; this server takes at most {MAX_PROMPT_CHARS} "
+                              f"(the model reads {info.prompt_tokens} tokens of it)", "invalid_prompt")
+        return self._job(request, labels=(), prompts=tuple(t for t in prompts for _ in range(request.n)))
+
+    def _job(self, request: schemas.GenerateRequest, *, labels: tuple[int, ...],
+             prompts: tuple[str, ...] = ()) -> GenerateJob:
+        info = self.info
         cfg = info.default_cfg if request.cfg is None else float(request.cfg)
         if cfg > 1.0 and not info.guidance:
             raise invalid(f"generator {info.name!r} was trained without class dropout, so it has no unconditional "
                           "input for classifier-free guidance; send cfg 1", "invalid_field")
         seed = request.seed if request.seed is not None else secrets.randbits(SEED_BITS)
-        return GenerateJob(labels=tuple(c for c in classes for _ in range(request.n)), cfg=cfg,
-                           cfg_interval=request.cfg_interval, top_k=request.top_k, top_p=float(request.top_p),
-                           temperature=float(request.temperature), seed=seed)
+        return GenerateJob(labels=labels, prompts=prompts, cfg=cfg, cfg_interval=request.cfg_interval,
+                           top_k=request.top_k, top_p=float(request.top_p), temperature=float(request.temperature),
+                           seed=seed)
 
     # ------------------------------------------------------------------ model thread
     def run(self, payloads: list[GenerateJob]) -> list[GenerateResult]:
@@ -159,17 +215,24 @@ class GenerateEngine:
 
     def generate(self, job: GenerateJob) -> GenerateResult:
         t0 = time.perf_counter()
+        condition = {"prompts": list(job.prompts)} if job.prompts else {"labels": list(job.labels)}
         images = self.generator.generate(
-            labels=list(job.labels), cfg=job.cfg, cfg_interval=job.cfg_interval, top_k=job.top_k, top_p=job.top_p,
+            **condition, cfg=job.cfg, cfg_interval=job.cfg_interval, top_k=job.top_k, top_p=job.top_p,
             temperature=job.temperature, seed=job.seed)
         pixels = (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
         return GenerateResult(pixels, time.perf_counter() - t0)
 
     def warm_up(self) -> None:
-        """Two sampled tokens and one decode: the first request pays for no lazy initialisation."""
-        from toklip.gen.generator import tokenizer_of
+        """(t2i: one prompt encoded,) two sampled tokens and one decode: the first request pays for no lazy
+        initialisation."""
+        from toklip.gen.generator import encode_prompts, tokenizer_of
 
-        self.generator.sample([0], num_tokens=min(2, self.info.num_tokens), seed=0)
+        tokens = min(2, self.info.num_tokens)
+        if self.info.model_type == "t2i":
+            cond, mask = encode_prompts(self.generator, ["a photo"])
+            self.generator.sample(cond, cond_mask=mask, num_tokens=tokens, seed=0)
+        else:
+            self.generator.sample([0], num_tokens=tokens, seed=0)
         tok = tokenizer_of(self.generator)
         with torch.inference_mode():
             tok.decode(torch.zeros(1, *self.info.grid, dtype=torch.long, device=tok.device))
@@ -209,7 +272,7 @@ def add_generate_route(router: APIRouter, state: ServerState) -> None:
 
     @router.post(
         "/generate",
-        summary="Class label(s) -> generated images (a PNG grid, one PNG, or JSON with base64 PNGs)",
+        summary="Class label(s) or prompt(s) -> generated images (a PNG grid, one PNG, or JSON with base64 PNGs)",
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": schemas.GenerateRequest.model_json_schema(by_alias=True)}}}},
         responses={200: {"model": schemas.GenerateJSONResponse, "content": {MEDIA_TYPES["png"]: {
@@ -224,42 +287,40 @@ def add_generate_route(router: APIRouter, state: ServerState) -> None:
             raise APIError(404, "no_generator", "this server runs without a generator; start it with "
                            "toklip serve --model MODEL --generator FOLDER (a folder written by "
                            "toklip.gen.save_generator, or a training run)")
-        kind = media_type(request)
-        if kind != "application/json" and not kind.endswith("+json"):
-            got = f"Content-Type {kind[:100]!r}" if kind else "a request without a Content-Type"
-            raise APIError(415, "unsupported_media_type", f"{got} is not accepted here; send application/json")
-        try:
-            body = await limit_body(request, MAX_BODY_BYTES, "a generate request").body()
-        except APIError as e:  # the rest of the body is never read: close, or it would be parsed as the next request
-            raise APIError(e.status, e.code, e.message, {**e.headers, "Connection": "close"}) from e
+        body = await read_json_body(request, engine.body_limit(state.settings), "a generate request")
         parsed = await state.offload(parse_generate_body, body)
         job = engine.check(parsed, state.settings)
         fmt = parsed.format or choose_format(None, request, ("json",), "png_grid")
-        if fmt == "png" and len(job.labels) != 1:
-            raise invalid(f"a PNG holds one image, but {len(job.labels)} were asked for; use format png_grid (all "
+        if fmt == "png" and job.count != 1:
+            raise invalid(f"a PNG holds one image, but {job.count} were asked for; use format png_grid (all "
                           "in one PNG) or json (one PNG each)", "invalid_field")
-        result: GenerateResult = await state.submit("generate", job, len(job.labels))
-        state.metrics.observe_generation(len(job.labels), result.seconds)
+        result: GenerateResult = await state.submit("generate", job, job.count)
+        state.metrics.observe_generation(job.count, result.seconds)
         pixels = result.pixels.numpy()
         timing = {"generate_s": round(result.seconds, 4)}
         if fmt == "json":
             pngs = await state.offload(lambda: [encode_png(p) for p in pixels])
             timing["total_s"] = round(time.perf_counter() - t0, 4)
+            condition = {"prompts": list(job.prompts)} if job.prompts else {"classes": list(job.labels)}
             return JSONResponse({
-                **state.meta(), "generator": engine.info.name, "seed": job.seed, "classes": list(job.labels),
+                **state.meta(), "generator": engine.info.name, "seed": job.seed, **condition,
                 "cfg": job.cfg, "image_size": int(pixels.shape[1]),
                 "images": [base64.b64encode(p).decode("ascii") for p in pngs], "timing": timing,
             })
         png = await state.offload(lambda: encode_png(tile(pixels)))
-        return Response(png, media_type=MEDIA_TYPES["png"], headers={
-            "X-Toklip-Seed": str(job.seed), "X-Toklip-Classes": ",".join(map(str, job.labels)),
-            "X-Toklip-Generate-Seconds": f"{result.seconds:.4f}"})
+        headers = {"X-Toklip-Seed": str(job.seed), "X-Toklip-Generate-Seconds": f"{result.seconds:.4f}"}
+        if not job.prompts:  # prompts are free text, not header material: the JSON answer carries them
+            headers["X-Toklip-Classes"] = ",".join(map(str, job.labels))
+        return Response(png, media_type=MEDIA_TYPES["png"], headers=headers)
 
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_serving_generator(source: str | Path, served: Any, *, served_source: str | None = None,
-                           tokenizer: str = "auto") -> GenerateEngine:
+                           tokenizer: str = "auto", caption_encoder: str | None = None) -> GenerateEngine:
     """``--generator SOURCE`` -> a ``GenerateEngine`` on the served model's device and dtype.
+
+    A t2i generator brings the caption encoder its folder records (on the served device, in its own dtype), or
+    ``caption_encoder`` (a T5 folder or hub id) where it lives elsewhere now.
 
     ``tokenizer``: ``served`` decodes (and, for fused generators, reads features) with the served TokLIP;
     ``recorded`` loads the tokenizer the generator's folder records; ``auto`` takes the served TokLIP when it
@@ -292,7 +353,7 @@ def load_serving_generator(source: str | Path, served: Any, *, served_source: st
         tok = load_model(str(recorded_source), device=str(served.device),
                          dtype=str(served.dtype).removeprefix("torch."))
         label = "recorded"
-    gen = load_generator(path, tokenizer=tok, device=served.device, dtype=served.dtype)
+    gen = load_generator(path, tokenizer=tok, device=served.device, dtype=served.dtype, caption_encoder=caption_encoder)
     return GenerateEngine(gen, tokenizer_label=label, tokenizer_source=None if use_served else str(recorded_source))
 
 

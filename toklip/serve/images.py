@@ -32,22 +32,27 @@ def decode_image(data: bytes, index: int, max_pixels: int) -> Image.Image:
     name = f"images[{index}]"
     try:
         return load_image(data, max_pixels=max_pixels, name=name)
-    except UnsupportedImageError as e:
-        raise APIError(415, "unsupported_image_format", str(e)) from e
-    except ImageTooLargeError as e:
-        raise too_large(str(e), "image_too_large") from e
-    except NotAnImageError as e:
+    except Exception as e:  # noqa: BLE001 - Pillow can raise anything on hostile bytes; image_error says what
+        raise image_error(e, data, name) from e
+
+
+def image_error(e: Exception, data: bytes, name: str) -> APIError:
+    """The 4xx for an image ``load_image`` refused (``name``: how the message calls it, e.g. "images[0]")."""
+    if isinstance(e, UnsupportedImageError):
+        return APIError(415, "unsupported_image_format", str(e))
+    if isinstance(e, ImageTooLargeError):
+        return too_large(str(e), "image_too_large")
+    if isinstance(e, NotAnImageError):
         kind = sniff(data[:4096])
         hint = "; send JSON bodies with Content-Type: application/json" if kind and kind.name == "JSON" else ""
-        raise bad_request(f"{e}{hint}", "not_an_image" if data else "empty_image") from e
-    except (CorruptImageError, ImageShapeError) as e:
-        log.debug("%s failed to decode", name, exc_info=True)
-        raise bad_request(str(e), "invalid_image") from e
-    except InputError as e:
-        raise bad_request(f"{name}: {e}", "invalid_image") from e
-    except Exception as e:  # noqa: BLE001 - Pillow can raise anything on hostile bytes; the client gets no text
-        log.warning("%s: unexpected %s while decoding", name, type(e).__name__, exc_info=True)
-        raise bad_request(f"{name} could not be decoded (corrupt or unsupported file)", "invalid_image") from e
+        return bad_request(f"{e}{hint}", "not_an_image" if data else "empty_image")
+    if isinstance(e, (CorruptImageError, ImageShapeError)):
+        log.debug("%s failed to decode", name, exc_info=e)
+        return bad_request(str(e), "invalid_image")
+    if isinstance(e, InputError):
+        return bad_request(f"{name}: {e}", "invalid_image")
+    log.warning("%s: unexpected %s while decoding", name, type(e).__name__, exc_info=e)
+    return bad_request(f"{name} could not be decoded (corrupt or unsupported file)", "invalid_image")
 
 
 def preprocess_image(image: Image.Image, index: int, preprocess: Callable[[Image.Image], Tensor]) -> Tensor:

@@ -190,6 +190,15 @@ def limit_body(request: Request, limit: int, what: str) -> Request:
     return Request(request.scope, receive)
 
 
+async def read_json_body(request: Request, limit: int, what: str) -> bytes:
+    """The body of a JSON-only endpoint: 415 for any other Content-Type, 413 past ``limit`` (see limit_body)."""
+    kind = media_type(request)
+    if kind != "application/json" and not kind.endswith("+json"):
+        got = f"Content-Type {kind[:100]!r}" if kind else "a request without a Content-Type"
+        raise APIError(415, "unsupported_media_type", f"{got} is not accepted here; send application/json")
+    return await limit_body(request, limit, what).body()
+
+
 def _too_large(size: str, limit: int, what: str) -> str:
     size = f"{int(size):,}" if size.isdigit() else size
     return (f"the request body is {size} bytes, above this endpoint's limit of {limit:,} bytes for {what}; "
@@ -318,18 +327,20 @@ def _check_counts(parsed: Parsed, settings: ServeSettings, wants: frozenset[str]
                           "text_too_long")
 
 
-def decode_base64(value: str, index: int) -> bytes:
+def decode_base64(value: str, index: int, name: str | None = None) -> bytes:
+    """A base64 image (or a data: URL) -> its bytes; ``name`` is how messages call it (default "images[index]")."""
+    name = name or f"images[{index}]"
     raw = _DATA_URL.sub("", value, count=1)
     if raw.startswith(("http://", "https://", "ftp://", "file:")):
-        raise invalid(f"images[{index}] is a URL; the server never fetches URLs: send the file's bytes as base64",
+        raise invalid(f"{name} is a URL; the server never fetches URLs: send the file's bytes as base64",
                       "url_not_allowed")
     try:
         data = base64.b64decode("".join(raw.split()), validate=True)
     except (binascii.Error, ValueError) as e:
-        raise bad_request(f"images[{index}] is not valid base64 (only A-Z, a-z, 0-9, '+', '/' and '=' padding, "
+        raise bad_request(f"{name} is not valid base64 (only A-Z, a-z, 0-9, '+', '/' and '=' padding, "
                           "optionally after a data: URL prefix)", "invalid_base64") from e
     if not data:
-        raise bad_request(f"images[{index}] is empty", "empty_image")
+        raise bad_request(f"{name} is empty", "empty_image")
     return data
 
 

@@ -71,17 +71,21 @@ class DecodeRequest(DecodeOptions):
 
 
 class GenerateRequest(_Strict):
-    """POST /v1/generate. Limits beyond these (images per request, classes in range) depend on the server and
-    the generator; GET /v1/info says them."""
+    """POST /v1/generate: ``class``/``classes`` for a class-conditional generator, ``prompt``/``prompts`` for a
+    text-conditional one. Limits beyond these (images per request, classes in range, prompt length) depend on the
+    server and the generator; GET /v1/info says them."""
 
     class_: int | None = Field(default=None, alias="class", description="The class to generate (c2i generators).")
     classes: list[int] | None = Field(default=None, min_length=1,
                                       description="Several classes: n images of each, in this order.")
-    prompt: str | None = Field(default=None, description="Text-conditional generation; not served yet (400).")
-    n: int = Field(default=1, ge=1, description="Images per class.")
+    prompt: str | None = Field(default=None, description=(
+        "The prompt to generate (t2i generators; a c2i one answers 400 no_caption_encoder)."))
+    prompts: list[str] | None = Field(default=None, min_length=1,
+                                      description="Several prompts (t2i): n images of each, in this order.")
+    n: int = Field(default=1, ge=1, description="Images per class or prompt.")
     cfg: float | None = Field(default=None, ge=1.0, le=20.0, description=(
-        "Classifier-free guidance scale in [1, 20] (1 = none); default 4 (LlamaGen's), or 1 for a generator "
-        "trained without class dropout."))
+        "Classifier-free guidance scale in [1, 20] (1 = none); default LlamaGen's, 4 (c2i) or 7.5 (t2i), or 1 for "
+        "a generator trained without class dropout."))
     cfg_interval: int | None = Field(default=None, ge=-1,
                                      description="Guide only the first token and decode steps 0..k (None, -1: all).")
     top_k: int = Field(default=0, ge=0, description="Keep the k most likely codes at each step (0 = off).")
@@ -92,6 +96,29 @@ class GenerateRequest(_Strict):
     format: GenerateFormat | None = Field(default=None, description=(
         "png_grid (default: every image in one PNG), png (exactly one image), or json (base64 PNGs, the seed and "
         "timing). Accept: application/json also selects json."))
+
+
+_MESSAGES_SCHEMA = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["role", "content"], "additionalProperties": False,
+    "properties": {"role": {"enum": ["system", "user", "assistant"]}, "content": {"type": "string"}}}}
+
+
+class ChatRequest(_Strict):
+    """POST /v1/chat. The messages are checked by ``toklip.vlm.serve_chat.check_messages`` (roles, the limits in
+    GET /v1/info's ``chat``, the last turn the user's); their schema here is documentation."""
+
+    messages: Any = Field(description=(
+        "The conversation so far, oldest first, ending with the user's turn: [{\"role\": \"user\", "
+        "\"content\": \"...\"}]. No '<image>' placeholders: the server puts the image before the first user turn."),
+        json_schema_extra=_MESSAGES_SCHEMA)
+    image: str | None = Field(default=None, description=(
+        "One image file as base64 (or a data: URL), about which the conversation is; none for text only. Send it "
+        "with every turn: the server keeps no state."))
+    max_new_tokens: int | None = Field(default=None, description=(
+        "At most this many new tokens (default 128, capped by the server's max_new_tokens, GET /v1/info)."))
+    temperature: float = Field(default=0.0, description="0 (default): greedy; in (0, 2]: sampling.")
+    stream: bool = Field(default=False, description=(
+        "false: one JSON answer; true: text/event-stream, `data: {\"text\": ...}` events then `data: [DONE]`."))
 
 
 # ------------------------------------------------------------------ responses (documentation only)
@@ -126,10 +153,18 @@ class GenerateJSONResponse(BaseModel):
     model: str
     generator: str
     seed: int = Field(description="the seed used: send it again for the same images")
-    classes: list[int] = Field(description="the class of each image, in order")
+    classes: list[int] | None = Field(default=None, description="c2i: the class of each image, in order")
+    prompts: list[str] | None = Field(default=None, description="t2i: the prompt of each image, in order")
     cfg: float
     image_size: int
     images: list[str] = Field(description="base64 PNGs")
+    timing: dict[str, float] = Field(description="generate_s (model time), total_s (the whole request)")
+
+
+class ChatResponse(BaseModel):
+    vlm: str = Field(description="the chat model (GET /v1/info's chat.name)")
+    text: str = Field(description="the assistant's reply, stripped")
+    usage: dict[str, int] = Field(description="new_tokens: tokens generated (the end-of-sequence token included)")
     timing: dict[str, float] = Field(description="generate_s (model time), total_s (the whole request)")
 
 

@@ -28,6 +28,7 @@ class ServeSettings:
     max_connections: int = 512  # open connections; more -> 503 + Retry-After (JSON), then closed
     max_header_bytes: int = 16 * 1024  # request line + headers; more -> 400 (JSON)
     max_generate_images: int = 16  # images one /v1/generate request may ask for (capped at max_queue); more -> 413
+    max_chat_tokens: int = 512  # new tokens one /v1/chat request may ask for; more -> 422
     api_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
     retry_after_s: int = 1
@@ -39,7 +40,7 @@ class ServeSettings:
             "max_image_pixels": self.max_image_pixels, "max_text_chars": self.max_text_chars,
             "decode_threads": self.decode_threads, "retry_after_s": self.retry_after_s,
             "max_connections": self.max_connections, "max_header_bytes": self.max_header_bytes,
-            "max_generate_images": self.max_generate_images,
+            "max_generate_images": self.max_generate_images, "max_chat_tokens": self.max_chat_tokens,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from toklip.core.errors import CheckpointError, ConfigError, WeightsNotFoundError
+from toklip.core.errors import CheckpointError, ConfigError
 from toklip.vlm.conversation import ensure_chat_template
 
 # what a causal LM folder needs: configs, tokenizer files, chat templates and safetensors weights
@@ -22,30 +22,10 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.
 
 def resolve_llm(source: str | Path) -> Path:
     """A local folder as is; a hub repo id -> its snapshot folder in the HF cache (downloaded when online)."""
-    from toklip.weights.hub import is_hub_repo_id
+    from toklip.weights.hub import hub_model_folder
 
-    if not isinstance(source, (str, Path)) or not str(source):
-        raise ConfigError(f"llm must be a local folder or a hub repo id ('owner/name'), got {source!r}")
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ConfigError(f"llm={str(source)!r} is a file; give the folder of a transformers causal LM "
-                          "(config.json, tokenizer files, *.safetensors)")
-    if not is_hub_repo_id(str(source)):
-        raise ConfigError(f"llm={str(source)!r} is neither an existing folder nor a hub repo id ('owner/name')")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=str(source), allow_patterns=HUB_PATTERNS))
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise WeightsNotFoundError(
-            f"could not get the language model {str(source)!r} from the Hugging Face hub and it is not in the local "
-            f"cache ({type(e).__name__}: {first}).\n  Download it where you have network "
-            f"(huggingface-cli download {source} --include '*.json' '*.safetensors' 'tokenizer*') and pass the "
-            "folder instead: llm='/path/to/folder'"
-        ) from e
+    return hub_model_folder(source, what="language model", option="llm", patterns=HUB_PATTERNS,
+                            contents="config.json, tokenizer files, *.safetensors")
 
 
 def load_llm(source: str | Path, *, dtype: torch.dtype | None = None,
@@ -53,13 +33,10 @@ def load_llm(source: str | Path, *, dtype: torch.dtype | None = None,
     """-> (causal LM in eval mode, its tokenizer with a chat template and a pad token, the local folder)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from toklip.weights.hub import check_model_folder
+
     folder = resolve_llm(source)
-    if not (folder / "config.json").is_file():
-        raise ConfigError(f"{folder} has no config.json: it is not a transformers model folder")
-    if not any(folder.glob("*.safetensors")):
-        raise CheckpointError(f"{folder} has no *.safetensors weights; toklip loads no pickled (.bin/.pt) weights. "
-                              "Convert them once where you trust the file: model.save_pretrained(out, "
-                              "safe_serialization=True)")
+    check_model_folder(folder, "model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, use_safetensors=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from toklip.core.errors import WeightsNotFoundError
+from toklip.core.errors import CheckpointError, ConfigError, WeightsNotFoundError
 from toklip.core.registry import ComponentSpec, Weights
 
 
@@ -37,6 +37,43 @@ def is_hub_repo_id(text: str) -> bool:
     """The one rule for "is this a hub repo id": ``owner/name`` with no such local path, no file suffix
     such as ``.pt``, and no URL scheme (URLs are never fetched)."""
     return bool(REPO_ID.match(text)) and not Path(text).expanduser().exists() and Path(text).suffix == ""
+
+
+def hub_model_folder(source: str | Path, *, what: str, option: str, contents: str, patterns: list[str]) -> Path:
+    """A transformers model folder: a local folder as is; a hub repo id ("owner/name") -> its snapshot folder in
+    the HF cache, downloading only the files matching ``patterns`` (never pickles or code) when online. ``what``
+    ("language model") and ``option`` ("llm") name the thing in errors; ``contents`` says what the folder holds."""
+    if not isinstance(source, (str, Path)) or not str(source):
+        raise ConfigError(f"{option} must be a local folder or a hub repo id ('owner/name'), got {source!r}")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ConfigError(f"{option}={str(source)!r} is a file; give the folder of a transformers {what} ({contents})")
+    if not is_hub_repo_id(str(source)):
+        raise ConfigError(f"{option}={str(source)!r} is neither an existing folder nor a hub repo id ('owner/name')")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=str(source), allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001 - offline, 404, auth and network errors all mean "not available"
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise WeightsNotFoundError(
+            f"could not get the {what} {str(source)!r} from the Hugging Face hub and it is not in the local "
+            f"cache ({type(e).__name__}: {first}).\n  Download it where you have network "
+            f"(huggingface-cli download {source} --include '*.json' '*.safetensors' 'tokenizer*') and pass the "
+            f"folder instead: {option}='/path/to/folder'"
+        ) from e
+
+
+def check_model_folder(folder: Path, what: str) -> None:
+    """A transformers folder toklip loads: a ``config.json`` and safetensors weights (never pickled .bin/.pt)."""
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{folder} has no config.json: it is not a transformers {what} folder")
+    if not any(folder.glob("*.safetensors")):
+        raise CheckpointError(f"{folder} has no *.safetensors weights; toklip loads no pickled (.bin/.pt) weights. "
+                              "Convert them once where you trust the file: model.save_pretrained(out, "
+                              "safe_serialization=True)")
 
 
 def resolve_weights(spec: ComponentSpec, pretrained: bool | str) -> Path | str:

@@ -1,5 +1,6 @@
 // The toklip page: tokenize a dropped image, show its VQ reconstruction and token grid, score labels, and
-// (when the server has a generator) generate images of a class.
+// (when the server has a generator) generate images of a class, and (with a VLM) chat about an image, the reply
+// streamed as it is generated.
 // Plain JS, no build step, nothing loaded from elsewhere. Every user string goes through textContent.
 "use strict";
 
@@ -41,9 +42,10 @@ async function loadInfo() {
     $("model").textContent = "model info unavailable (" + e.message + ")";
   }
   setupGenerator();
+  setupChat();
 }
 
-const GEN_INPUTS = ["gen-class", "gen-n", "gen-cfg", "gen-seed", "gen-run"];
+const GEN_INPUTS = ["gen-class", "gen-prompt", "gen-n", "gen-cfg", "gen-seed", "gen-run"];
 
 function setupGenerator() {
   const gen = info && info.generator;
@@ -56,8 +58,14 @@ function setupGenerator() {
     return;
   }
   const fusion = gen.fusion ? `, fused ${gen.fusion} inputs` : "";
-  $("gen-note").textContent = `${gen.name}: class-conditional, ${gen.num_classes} classes, ` +
-    `${gen.grid[0]}×${gen.grid[1]} tokens${fusion}`;
+  const t2i = gen.model_type === "t2i";
+  $("gen-class-label").hidden = t2i;
+  $("gen-prompt-label").hidden = !t2i;
+  $("gen-note").textContent = `${gen.name}: ` + (t2i
+    ? `text-conditional, prompts of up to ${gen.max_prompt_chars} characters, `
+    : `class-conditional, ${gen.num_classes} classes, `) + `${gen.grid[0]}×${gen.grid[1]} tokens${fusion}`;
+  if (t2i) $("gen-prompt").maxLength = gen.max_prompt_chars;
+  $("gen-cfg").value = String(gen.default_cfg);
   $("gen-class").max = String(gen.num_classes - 1);
   $("gen-n").max = String(info.limits.max_generate_images);
   $("gen-n").value = String(Math.min(Number($("gen-n").value) || 1, info.limits.max_generate_images));
@@ -76,7 +84,10 @@ function intField(id, name) {
 
 async function generateImages() {
   try {
-    const body = { class: intField("gen-class", "class"), n: intField("gen-n", "images"), format: "json" };
+    const t2i = info.generator.model_type === "t2i";
+    const body = { n: intField("gen-n", "images"), format: "json" };
+    if (t2i) body.prompt = $("gen-prompt").value;
+    else body.class = intField("gen-class", "class");
     const cfg = Number($("gen-cfg").value);
     if (!Number.isFinite(cfg)) throw new Error("cfg must be a number");
     body.cfg = cfg;
@@ -91,12 +102,13 @@ async function generateImages() {
     const images = out.images.map((b64, i) => {
       const img = document.createElement("img");
       img.src = "data:image/png;base64," + b64;
-      img.alt = `generated image ${i + 1} of class ${out.classes[i]}`;
-      img.dataset.class = String(out.classes[i]);
+      img.alt = t2i ? `generated image ${i + 1} of "${out.prompts[i]}"` : `generated image ${i + 1} of class ${out.classes[i]}`;
+      if (t2i) img.dataset.prompt = out.prompts[i];
+      else img.dataset.class = String(out.classes[i]);
       return img;
     });
     $("gen-images").replaceChildren(...images);
-    $("gen-info").textContent = `${out.images.length} image(s) of class ${body.class}, cfg ${out.cfg}, ` +
+    $("gen-info").textContent = `${out.images.length} image(s) of ${t2i ? `"${body.prompt}"` : `class ${body.class}`}, cfg ${out.cfg}, ` +
       `seed ${out.seed} (send it again for the same images), ${out.timing.generate_s.toFixed(2)} s`;
     $("gen-info").dataset.seed = String(out.seed);
     setStatus("done");
@@ -104,6 +116,109 @@ async function generateImages() {
     setStatus(e.message, true);
   } finally {
     $("gen-run").disabled = !(info && info.generator);
+  }
+}
+
+let chatTurns = []; // the conversation so far: [{role, content}]; the server keeps no state
+
+function setupChat() {
+  const chat = info && info.chat;
+  $("chat").hidden = !chat;
+  $("chat").dataset.available = chat ? "true" : "false";
+  if (!chat) return;
+  $("chat-note").textContent = `${chat.name}: an image takes ${chat.image_tokens} tokens; replies of up to ` +
+    `${chat.limits.max_new_tokens} tokens, streamed`;
+  $("chat-input").maxLength = chat.limits.max_chars;
+}
+
+function chatEntry(role, text) {
+  const li = document.createElement("li");
+  li.className = role;
+  li.textContent = text;
+  $("chat-log").append(li);
+  return li;
+}
+
+function resetChat() {
+  chatTurns = [];
+  $("chat-log").replaceChildren();
+}
+
+function dataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error("could not read the image file"));
+    reader.readAsDataURL(file);
+  });
+}
+
+// Reads a text/event-stream answer of POST /v1/chat: `data: {"text": piece}` events, then `data: [DONE]`
+// (or `data: {"error": {...}}`). Calls onText with each piece; returns the whole reply.
+async function readReply(response, onText) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  let reply = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (data === "") continue;
+      if (data === "[DONE]") return reply;
+      const message = JSON.parse(data);
+      if (message.error) throw new Error(message.error.status + ": " + message.error.message);
+      if (typeof message.text === "string") {
+        reply += message.text;
+        onText(message.text);
+      }
+    }
+  }
+  throw new Error("the reply stopped before it was complete (the server's request timeout?)");
+}
+
+async function sendChat() {
+  const text = $("chat-input").value.trim();
+  if (!text) {
+    setStatus("type a message first");
+    return;
+  }
+  const turns = [...chatTurns, { role: "user", content: text }];
+  $("chat-send").disabled = true;
+  chatEntry("user", text);
+  const answer = chatEntry("assistant pending", "…");
+  try {
+    const body = { messages: turns, stream: true };
+    const file = $("chat-image").files[0];
+    if (file) body.image = await dataUrl(file);
+    setStatus("thinking…");
+    const response = await api("/v1/chat", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    let shown = "";
+    const reply = await readReply(response, (piece) => {
+      shown += piece;
+      answer.textContent = shown;
+      answer.className = "assistant";
+    });
+    answer.textContent = reply;
+    answer.className = "assistant";
+    chatTurns = [...turns, { role: "assistant", content: reply }];
+    $("chat-input").value = "";
+    setStatus("done");
+  } catch (e) {
+    answer.remove();
+    $("chat-log").lastChild.remove(); // the user turn the server did not answer; it stays in the box
+    setStatus(e.message, true);
+  } finally {
+    $("chat-send").disabled = false;
   }
 }
 
@@ -224,6 +339,12 @@ function setup() {
   });
   $("score").addEventListener("click", score);
   $("gen-run").addEventListener("click", generateImages);
+  $("chat-send").addEventListener("click", sendChat);
+  $("chat-reset").addEventListener("click", resetChat);
+  $("chat-image").addEventListener("change", resetChat); // another image: another conversation
+  $("chat-input").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) sendChat();
+  });
   $("apikey").addEventListener("change", loadInfo);
   loadInfo();
 }
