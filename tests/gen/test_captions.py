@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -256,3 +257,31 @@ def test_generate_command_with_prompts(tok, encoder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["generate", str(tmp_path / "c2i"), "--tokenizer", "toklip-test", "--prompt", "a cat"])
     assert "class-conditional (c2i): give --class" in capsys.readouterr().err
+
+
+def test_eval_fid_of_a_t2i_generator_samples_the_prompt_file(tok, encoder, tmp_path, capsys):
+    from toklip.cli import main
+
+    toklip.gen.save_generator(t2i_generator(tok, encoder), tmp_path / "g")
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(ref / f"{i}.png")
+    (tmp_path / "captions.txt").write_text("a red fox\n\na cat on a mat\n", encoding="utf-8")
+    args = ["eval", "fid", str(tmp_path / "g"), "--reference", str(ref), "--n", "4", "--space", "toklip",
+            "--tokenizer", "toklip-test", "--batch-size", "2"]
+    main([*args, "--prompts", str(tmp_path / "captions.txt"), "--out", str(tmp_path / "fid.json")])
+    res = json.loads((tmp_path / "fid.json").read_text())
+    assert res["n"] == 4 and res["fid"] > 0 and res["sampling"]["num_prompts"] == 2  # the blank line is skipped
+    assert len(res["sampling"]["prompts_sha256"]) == 64
+    capsys.readouterr()
+    for extra, message in [([], "needs --prompts FILE"), (["--prompts", str(tmp_path / "captions.txt"),
+                                                            "--classes", "3"], "--classes is for class-conditional")]:
+        with pytest.raises(SystemExit):
+            main([*args, *extra])
+        assert message in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(SystemExit):
+        main([*args, "--prompts", str(tmp_path / "empty.txt")])
+    assert "holds no prompt" in capsys.readouterr().err

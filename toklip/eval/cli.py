@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -129,6 +131,10 @@ def recon_command(images: str, vqs: tuple[str, ...], models: tuple[str, ...], ra
 @click.option("--inception-weights", default=None, type=click.Path(exists=True, dir_okay=False),
               help="torchmetrics' FID Inception weights file (pt_inception-2015-12-05-6726825d.pth); nothing downloads")
 @click.option("--classes", "num_classes", type=int, default=None, help="classes to cycle through (default: all)")
+@click.option("--prompts", "prompt_file", default=None, type=click.Path(dir_okay=False),
+              help="t2i generators: a text file of captions, one per line (e.g. COCO-30k's), cycled over the samples")
+@click.option("--caption-encoder", default=None,
+              help="t2i: the T5 encoder folder or hub id (default: the one the generator records)")
 @click.option("--cfg", type=float, default=1.0, show_default=True)
 @click.option("--top-k", type=int, default=0, show_default=True)
 @click.option("--top-p", type=float, default=1.0, show_default=True)
@@ -140,11 +146,12 @@ def recon_command(images: str, vqs: tuple[str, ...], models: tuple[str, ...], ra
 @click.option("--batch-size", default=50, show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="write results JSON here")
 def fid_command(generator: str, reference: str, n: int, space: str, inception_weights: str | None,
-                num_classes: int | None, cfg: float, top_k: int, top_p: float, temperature: float, seed: int,
-                tokenizer: str | None, config: str | None, device: str | None, batch_size: int,
-                out_path: str | None) -> None:
-    """FID (and IS) of N class-balanced samples of GENERATOR against --reference; the result records the evaluator,
-    resize rule, reference and sample count."""
+                num_classes: int | None, prompt_file: str | None, caption_encoder: str | None, cfg: float,
+                top_k: int, top_p: float, temperature: float, seed: int, tokenizer: str | None, config: str | None,
+                device: str | None, batch_size: int, out_path: str | None) -> None:
+    """FID (and IS) of N samples of GENERATOR against --reference: class-balanced for a c2i generator, one per
+    caption of --prompts (cycled) for a t2i one; the result records the evaluator, resize rule, reference, sample
+    count and the conditions."""
     from toklip.eval.common import write_results
     from toklip.gen.evaluate import feature_fid, inception_fid_is
     from toklip.gen.generator import load_generator, tokenizer_of
@@ -156,14 +163,15 @@ def fid_command(generator: str, reference: str, n: int, space: str, inception_we
         raise click.UsageError("--space inception needs --inception-weights PATH (torchmetrics' FID Inception file, "
                                "pt_inception-2015-12-05-6726825d.pth); or use --space toklip / teacher offline")
     dev = resolve_device(device or "auto")
-    gen = load_generator(generator, config=config, tokenizer=tokenizer, device=dev)
+    gen = load_generator(generator, config=config, tokenizer=tokenizer, device=dev, caption_encoder=caption_encoder)
     tok = tokenizer_of(gen)  # on the generator's device
-    classes = num_classes or gen.config.num_classes
-    labels = [i % classes for i in range(n)]
+    conditions = _fid_conditions(gen, n, num_classes=num_classes, prompt_file=prompt_file)
+    key = "prompts" if gen.config.model_type == "t2i" else "labels"
+    values = conditions.pop("values")
 
     def batches():  # drawn lazily: the reference and weights are checked before the first sample
         for k, start in enumerate(range(0, n, batch_size)):
-            yield gen.generate(labels=labels[start:start + batch_size], cfg=cfg, top_k=top_k, top_p=top_p,
+            yield gen.generate(**{key: values[start:start + batch_size]}, cfg=cfg, top_k=top_k, top_p=top_p,
                                temperature=temperature, seed=seed + k)
 
     if space == "inception":
@@ -174,6 +182,27 @@ def fid_command(generator: str, reference: str, n: int, space: str, inception_we
             raise click.UsageError(f"--space {space} measures in a TokLIP's embedding space: give --tokenizer")
         res = feature_fid(batches(), reference, encoder=tok, space=space, n=n, batch_size=batch_size)
     res.update({"generator": generator, "sampling": {"cfg": cfg, "top_k": top_k, "top_p": top_p,
-                                                     "temperature": temperature, "seed": seed, "classes": classes}})
+                                                     "temperature": temperature, "seed": seed, **conditions}})
     write_results(out_path, res)
     click.echo(json.dumps(res, indent=2))
+
+
+def _fid_conditions(gen: Any, n: int, *, num_classes: int | None, prompt_file: str | None) -> dict[str, Any]:
+    """The N conditions of an FID run (``values``) and what the result records about them."""
+    if gen.config.model_type != "t2i":
+        if prompt_file is not None:
+            raise click.UsageError("--prompts is for text-conditional (t2i) generators; this one is class-conditional: "
+                                   "use --classes")
+        classes = num_classes or gen.config.num_classes
+        return {"values": [i % classes for i in range(n)], "classes": classes}
+    if num_classes is not None:
+        raise click.UsageError("--classes is for class-conditional generators; a t2i generator samples --prompts")
+    if prompt_file is None:
+        raise click.UsageError("a text-conditional (t2i) generator needs --prompts FILE: captions, one per line "
+                               "(LlamaGen evaluates on COCO-30k's), cycled over the samples")
+    from toklip.gen.captions import read_prompt_file
+    from toklip.gen.evaluate import sha256_file
+
+    prompts = read_prompt_file(prompt_file)
+    return {"values": [prompts[i % len(prompts)] for i in range(n)], "prompts": str(prompt_file),
+            "prompts_sha256": sha256_file(Path(prompt_file)), "num_prompts": len(prompts)}

@@ -156,6 +156,31 @@ def left_pad(features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return moved.masked_fill(~left_mask[..., None], 0.0), left_mask
 
 
+MAX_PROMPT_FILE_BYTES = 256 << 20  # COCO-30k captions are ~2 MB
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """A prompt file: one caption per line (UTF-8; blank lines skipped), as LlamaGen's t2i evaluation reads COCO
+    captions. Bounded in size; each prompt checked like a request's."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"prompt file {str(path)!r} does not exist (one caption per line)")
+    size = path.stat().st_size
+    if size > MAX_PROMPT_FILE_BYTES:
+        raise ConfigError(f"prompt file {path} is {size} bytes; the limit is {MAX_PROMPT_FILE_BYTES}")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"prompt file {path} is not UTF-8 text: {e}") from e
+    prompts = [line for line in lines if line]
+    if not prompts:
+        raise ConfigError(f"prompt file {path} holds no prompt (one caption per line)")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ConfigError(f"prompt {i} of {path} has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return prompts
+
+
 def check_prompts(prompts: Any) -> list[str]:
     """A non-empty list of non-blank strings, each at most MAX_PROMPT_CHARS, at most MAX_PROMPTS of them."""
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
