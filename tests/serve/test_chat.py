@@ -344,7 +344,29 @@ def test_the_stop_flag_ends_a_generation_at_the_next_token(reference_vlm):
     assert engine.reply(ChatJob(prepared, stop)).new_tokens == 0 and len(seen) == 2  # left while queued: not run
 
 
+def test_a_vlm_alone_is_served_with_its_own_toklip(vlm_folder, reference_vlm):
+    from tests.serve.test_server import ref_tokenize
+
+    proc = ServerProcess(["--vlm", str(vlm_folder), "--log-level", "warning", "--no-access-log"])
+    proc.start()
+    try:
+        with httpx.Client(base_url=proc.url, timeout=60) as client:
+            info = client.get("/v1/info").json()
+            assert info["chat"]["name"] == "toklip-test + tiny-llama" and info["has_text"]
+            r = client.post(CHAT, json={"messages": QUESTION, "image": _b64(_png(2)), "max_new_tokens": 6})
+            assert r.status_code == 200 and r.json()["text"] == _expected(reference_vlm, _png(2), QUESTION, 6)
+            tokens = client.post("/v1/tokenize", content=_png(2), headers={"Content-Type": "image/png"})
+            assert tokens.status_code == 200, tokens.text  # the VLM's TokLIP answers the model's own routes
+            assert tokens.json()["indices"] == ref_tokenize(reference_vlm.toklip, [_png(2)]).indices.tolist()
+    finally:
+        proc.stop()
+
+
 def test_cli_errors_for_vlm_options(capsys, saved_model):
+    for args, message in [([], "give --model"), (["--vlm", "x", "--random-weights"], "go with --model")]:
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--port", "0", *args])
+        assert e.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["serve", "--model", "toklip-test", "--port", "0", "--max-chat-tokens", "0"])
     assert e.value.code == 2 and "--max-chat-tokens" in capsys.readouterr().err

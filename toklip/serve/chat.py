@@ -342,10 +342,14 @@ async def _stream(state: ServerState, prepared: PreparedChat, stop: threading.Ev
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_serving_vlm(source: str | Path, served: Any, limits: ChatLimits = ChatLimits()) -> ChatEngine:
+def load_serving_vlm(source: str | Path, served: Any, limits: ChatLimits = ChatLimits(), *,
+                     device: Any = None, dtype: Any = None) -> ChatEngine:
     """``--vlm SOURCE`` (a VLM folder or a vlm training run) -> a ``ChatEngine`` on the served model's device, in
-    its dtype. The VLM's own TokLIP and LLM are rebuilt from the sources its config.json names."""
+    its dtype (``served`` None: on ``device`` / ``dtype``, when the VLM's own TokLIP is the served model). The
+    VLM's TokLIP and LLM are rebuilt from the sources its config.json names."""
     from toklip.vlm.saving import load_vlm
 
-    vlm = load_vlm(source, device=served.device, dtype=served.dtype)
+    if served is not None:
+        device, dtype = served.device, served.dtype
+    vlm = load_vlm(source, device=device, dtype=dtype)
     return ChatEngine(vlm, limits)

@@ -70,24 +70,29 @@ def _load_generator(source: str | None, model: object, model_source: str, tokeni
     info = engine.info
     fused = f", fused {info.fusion}" if info.fusion else ""
     decoder = "the served model" if info.tokenizer == "served" else f"its recorded tokenizer {engine.tokenizer_source}"
-    condition = f"prompts of up to {info.max_prompt_chars} characters" if info.max_prompt_chars else f"{info.num_classes} classes"
+    condition = (f"prompts of up to {info.max_prompt_chars} characters" if info.max_prompt_chars
+                 else f"{info.num_classes} classes")
     click.echo(f"toklip serve: generator {info.name} ({info.model_type}, {condition}{fused}), "
                f"decoded by {decoder}, loaded in {time.perf_counter() - t0:.1f} s")
     return engine
 
 
-def _load_vlm(source: str | None, model: object, settings: ServeSettings) -> object | None:
-    """``--vlm``: a ChatEngine on the served model's device and dtype, or a clear error (never a traceback)."""
+def _load_vlm(source: str | None, model: object, settings: ServeSettings, *, device: str = "auto",
+              dtype: str = "auto") -> object | None:
+    """``--vlm``: a ChatEngine on the served model's device and dtype (``model`` None: on ``--device`` /
+    ``--dtype``, its TokLIP to be served), or a clear error (never a traceback)."""
     if source is None:
         return None
     import time
 
     from toklip.core.errors import TokLIPError
+    from toklip.model.loading import resolve_device, resolve_dtype
     from toklip.serve.chat import chat_limits, load_serving_vlm
 
     t0 = time.perf_counter()
     try:
-        engine = load_serving_vlm(source, model, chat_limits(settings))
+        dev = resolve_device(device)
+        engine = load_serving_vlm(source, model, chat_limits(settings), device=dev, dtype=resolve_dtype(dtype, dev))
     except TokLIPError as e:
         raise click.ClickException(f"--vlm {source}: {e}") from e
     info = engine.info
@@ -106,8 +111,9 @@ def _setup_logging(level: str) -> None:
 
 
 @click.command("serve")
-@click.option("--model", "model_source", required=True,
-              help="preset name, config.json, save_pretrained folder, or checkpoint file")
+@click.option("--model", "model_source", default=None,
+              help="preset name, config.json, save_pretrained folder, or checkpoint file (with --vlm it may be left "
+                   "out: the VLM's own TokLIP is then the served model)")
 @click.option("--weights", default=None, help="checkpoint to load into the --model preset/config")
 @click.option("--random-weights", is_flag=True, help="serve a preset with random weights even if it has released ones")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (loopback by default)")
@@ -161,8 +167,8 @@ def _setup_logging(level: str) -> None:
 @click.option("--graceful-timeout", default=30.0, show_default=True, type=click.FloatRange(0),
               help="seconds to let in-flight requests finish on SIGTERM/Ctrl-C")
 def serve_command(
-    model_source: str, weights: str | None, random_weights: bool, host: str, port: int, device: str, dtype: str,
-    max_batch: int, max_wait_ms: float, max_queue: int, max_concurrency: int, max_request_items: int,
+    model_source: str | None, weights: str | None, random_weights: bool, host: str, port: int, device: str,
+    dtype: str, max_batch: int, max_wait_ms: float, max_queue: int, max_concurrency: int, max_request_items: int,
     max_body_mb: float, max_image_pixels: int, request_timeout: float, decode_threads: int, header_timeout: float,
     keep_alive_timeout: float, max_connections: int, generator_source: str | None, generator_tokenizer: str,
     max_generate_images: int, vlm_source: str | None, max_chat_tokens: int, api_key_env: str | None,
@@ -170,9 +176,16 @@ def serve_command(
     log_level: str, access_log: bool, graceful_timeout: float,
 ) -> None:
     """Serve tokenize / embed / similarity / decode (and, with --generator, generate; with --vlm, chat) over
-    HTTP, with a page for people at /. --model is always needed: a VLM or a generator is served beside it."""
+    HTTP, with a page for people at /. A generator is served beside --model; a VLM too, or alone (its own
+    TokLIP is then the served model)."""
     from toklip.core.errors import ConfigError
 
+    if model_source is None and vlm_source is None:
+        raise click.UsageError("give --model (a preset, config.json, folder or checkpoint), or --vlm PATH to serve a "
+                               "VLM and its TokLIP")
+    if model_source is None and (weights or random_weights):
+        raise click.UsageError("--weights and --random-weights go with --model; without --model the VLM's own "
+                               "TokLIP is served as the VLM folder records it")
     _setup_logging(log_level)
     api_key = None
     if api_key_env:
@@ -202,7 +215,7 @@ def serve_command(
         sock.close()
 
 
-def _run(sock: socket.socket, settings: ServeSettings, model_source: str, weights: str | None,
+def _run(sock: socket.socket, settings: ServeSettings, model_source: str | None, weights: str | None,
          random_weights: bool, device: str, dtype: str, log_level: str, access_log: bool,
          graceful_timeout: float, generator_source: str | None = None, generator_tokenizer: str = "auto",
          vlm_source: str | None = None) -> None:
@@ -215,12 +228,20 @@ def _run(sock: socket.socket, settings: ServeSettings, model_source: str, weight
     from toklip.model.loading import load_model
 
     t0 = time.perf_counter()
-    model = load_model(model_source, weights=weights, random_weights=random_weights, device=device, dtype=dtype)
+    if model_source is None:  # the VLM's TokLIP is the served model: one copy in memory
+        vlm = _load_vlm(vlm_source, None, settings, device=device, dtype=dtype)
+        model = vlm.vlm.toklip  # type: ignore[union-attr]
+        model_source = vlm.vlm.config.tokenizer.get("source") or ""  # type: ignore[union-attr]
+        what = "the VLM's TokLIP"
+    else:
+        model = load_model(model_source, weights=weights, random_weights=random_weights, device=device, dtype=dtype)
+        vlm, what = None, "model"
     url = _url(sock)
-    click.echo(f"toklip serve: model {model.config.name or model_source} on {model.device} ({model.dtype}), "
+    click.echo(f"toklip serve: {what} {model.config.name or model_source} on {model.device} ({model.dtype}), "
                f"loaded in {time.perf_counter() - t0:.1f} s")
     generator = _load_generator(generator_source, model, model_source, generator_tokenizer)
-    vlm = _load_vlm(vlm_source, model, settings)
+    if vlm is None:
+        vlm = _load_vlm(vlm_source, model, settings)
 
     def on_ready(seconds: float) -> None:
         click.echo(f"toklip serve: ready on {url} (warm-up {seconds:.2f} s; page at /, API docs at /docs)")
