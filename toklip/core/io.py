@@ -42,6 +42,13 @@ MAX_CONFIG_BYTES = 16 << 20  # configs, presets and manifests are small; anythin
 def read_json(path: str | Path, what: str = "config", *, max_bytes: int = MAX_CONFIG_BYTES) -> Any:
     """A JSON file read the one way every config, preset and state file is: a missing file, a file too large to be
     one, bad UTF-8 or bad JSON are each a ConfigError that names the file and the problem."""
+    path = Path(path).expanduser()
+    return parse_json(read_bounded(path, what, max_bytes=max_bytes), f"{what} file {path}")
+
+
+def read_bounded(path: str | Path, what: str, *, max_bytes: int) -> bytes:
+    """A file's bytes, refused (ConfigError naming the file) when it is missing or larger than ``max_bytes``: a
+    config or list file that size is a mistake or an attack, not data."""
     from toklip.core.errors import ConfigError
 
     path = Path(path).expanduser()
@@ -50,7 +57,7 @@ def read_json(path: str | Path, what: str = "config", *, max_bytes: int = MAX_CO
     size = path.stat().st_size
     if size > max_bytes:
         raise ConfigError(f"{what} file {path} is {size} bytes; a {what} is at most {max_bytes} bytes")
-    return parse_json(path.read_bytes(), f"{what} file {path}")
+    return path.read_bytes()
 
 
 def parse_json(data: bytes | str, where: str) -> Any:

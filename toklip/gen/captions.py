@@ -162,14 +162,11 @@ MAX_PROMPT_FILE_BYTES = 256 << 20  # COCO-30k captions are ~2 MB
 def read_prompt_file(path: str | Path) -> list[str]:
     """A prompt file: one caption per line (UTF-8; blank lines skipped), as LlamaGen's t2i evaluation reads COCO
     captions. Bounded in size; each prompt checked like a request's."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"prompt file {str(path)!r} does not exist (one caption per line)")
-    size = path.stat().st_size
-    if size > MAX_PROMPT_FILE_BYTES:
-        raise ConfigError(f"prompt file {path} is {size} bytes; the limit is {MAX_PROMPT_FILE_BYTES}")
+    from toklip.core.io import read_bounded
+
+    data = read_bounded(path, "prompt", max_bytes=MAX_PROMPT_FILE_BYTES)
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in data.decode("utf-8").splitlines()]
     except UnicodeDecodeError as e:
         raise ConfigError(f"prompt file {path} is not UTF-8 text: {e}") from e
     prompts = [line for line in lines if line]
