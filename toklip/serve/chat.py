@@ -278,8 +278,8 @@ def add_chat_route(router: APIRouter, state: ServerState) -> None:
         engine: ChatEngine | None = state.chat
         if engine is None:
             raise APIError(404, "no_chat_model", "this server runs without a chat model; start it with "
-                           "toklip serve --model MODEL --vlm PATH (a folder written by VLM.save_pretrained, or a "
-                           "vlm training run)")
+                           "toklip serve --vlm PATH (a folder written by VLM.save_pretrained, or a vlm training "
+                           "run; with or without --model)")
         settings = state.settings
         body = await read_json_body(request, settings.max_body_bytes, "a chat request (the image as base64)")
         max_values = engine.limits.max_chars + 4 * engine.limits.max_messages + SLACK_VALUES
