@@ -8,9 +8,10 @@ the VQ's latent -> indices step: LlamaGen's ``quantize``, or any VQ with ``encod
 ``quantize_latent(latent) -> indices`` methods. A VQ without them runs in fp32 (with a warning), never silently
 in bf16 distances.
 
-On CPU the VQ encodes ``cpu_chunk`` images at a time (default 1) whatever the batch size: the full-size LlamaGen
-encoder's activations at 256 px (128 channels x 256 x 256 per image) outgrow the caches, so a batch of 4 is 0.7-0.9x
-the images/s of batch 1 on the 2-core dev CPU; batching still amortises loading and writing.
+On CPU the VQ encodes at most ``cpu_chunk_pixels`` input pixels per call (default 256 x 256: one image at 256 px,
+16 at 64 px) whatever the batch size: the full-size LlamaGen encoder's activations at 256 px (128 channels x 256 x
+256 per image) outgrow the caches, so a batch of 4 is 0.7-0.9x the images/s of batch 1 on the 2-core dev CPU, while
+small images still gain from batching (the 64-px test VQ: 2x from chunks of 1 to 16).
 
 On CPU, bf16 is fast only where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN emulates it
 and it is several times *slower* than fp32 (a warning says so). ``winograd`` is the CPU mode for those CPUs: fp32
@@ -82,10 +83,11 @@ class Tokenizer:
     """A VQ (and optionally the TokLIP model around it) on one device, in eval mode, with batched encoding."""
 
     def __init__(self, spec: TokenizerSpec, vq: nn.Module, *, model: Any = None, image_size: int | None = None,
-                 device: torch.device, precision: str = "fp32", cpu_chunk: int = 1) -> None:
+                 device: torch.device, precision: str = "fp32", cpu_chunk_pixels: int = 256 * 256) -> None:
         self.spec, self.vq, self.model, self.device = spec, vq, model, device
-        self.chunk = cpu_chunk if device.type == "cpu" else None
         self.image_size = int(model.image_size) if model is not None else image_size
+        side = int(self.image_size or 256)
+        self.chunk = max(1, cpu_chunk_pixels // (side * side)) if device.type == "cpu" else None
         self.precision = precision
         self.vocab_size, self.downsample = int(vq.vocab_size), int(vq.downsample)
         self.weights_sha256 = state_dict_sha256(vq)
