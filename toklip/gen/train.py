@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toklip.core.errors import ConfigError, InputError
+from toklip.core.errors import ConfigError
 from toklip.data.sources import IndexSource, RawSample, _mix, decode_image, read_caption
 from toklip.train.config import TrainConfig, _check_keys
 from toklip.train.data import BatchStream
@@ -68,12 +68,16 @@ def parse_options(options: Mapping[str, Any]) -> GenOptions:
         raise ConfigError(f"task.caption_encoder must be a T5 encoder folder, a hub id or flan-t5-xl, got "
                           f"{opts.caption_encoder!r}")
     if opts.caption_encoder is None and opts.generator.endswith("-t2i"):
-        raise ConfigError(f"task.caption_encoder: {opts.generator} is text-conditional; give the T5 encoder that "
-                          "makes its caption features (a folder, a hub id, or flan-t5-xl as LlamaGen)")
+        raise needs_caption_encoder(opts.generator)
     if opts.caption_encoder is not None and opts.num_classes is not None:
         raise ConfigError("task.num_classes is for class-conditional generators; a t2i run (task.caption_encoder) "
                           "is conditioned on captions")
     return opts
+
+
+def needs_caption_encoder(generator: str) -> ConfigError:
+    return ConfigError(f"task.caption_encoder: {generator} is text-conditional; give the T5 encoder that makes its "
+                       "caption features (a folder, a hub id, or flan-t5-xl as LlamaGen)")
 
 
 class GenForward(nn.Module):
@@ -88,12 +92,10 @@ class GenForward(nn.Module):
 
 
 def caption_of(value: Any) -> str:
-    """A training caption (an InputError, so the sample is skipped, when missing or empty); cut to the caption
-    encoder's character limit (its tokens are truncated far below it anyway)."""
+    """A training caption (read_caption's InputError, so the sample is skipped, when missing or empty); cut to the
+    caption encoder's character limit (its tokens are truncated far below it anyway)."""
     from toklip.gen.captions import MAX_PROMPT_CHARS
 
-    if value is None:
-        raise InputError("the sample has no caption")
     return read_caption(value)[:MAX_PROMPT_CHARS]
 
 
@@ -234,8 +236,7 @@ class GeneratorTask:
             if tok is None and self.tokens:
                 model.toklip_meta["tokenizer"] = self._tokens_tokenizer_record()
         if model.model_type == "t2i" and encoder is None:
-            raise ConfigError(f"task.caption_encoder: {o.generator} is text-conditional; give the T5 encoder that "
-                              "makes its caption features (a folder, a hub id, or flan-t5-xl as LlamaGen)")
+            raise needs_caption_encoder(o.generator)
         if model.model_type != "t2i" and encoder is not None:
             raise ConfigError(f"task.caption_encoder is for text-conditional generators; {o.generator} is "
                               "class-conditional (c2i)")
@@ -244,7 +245,6 @@ class GeneratorTask:
             tok.to(info.device)
         if encoder is not None:
             encoder.to(info.device)  # frozen, eval mode, outside the module tree (never in checkpoints)
-        self.caption_encoder = encoder
         self.model = model
         self.module = GenForward(model)
 
@@ -283,7 +283,9 @@ class GeneratorTask:
             with torch.no_grad():
                 codes = self.tokenizer.vq.encode(batch["images"].to(device)).indices.flatten(1)
         if self.t2i:  # the frozen T5, no_grad; dropped captions become the uncond embedding in the model
-            cond, mask = self.caption_encoder.encode(batch["captions"], length=self.model.config.cls_token_num)
+            from toklip.gen.generator import encode_prompts
+
+            cond, mask = encode_prompts(self.model, batch["captions"])
             logits = runner(codes, cond, mask)
         else:
             logits = runner(codes, batch["labels"].to(device, non_blocking=True))
