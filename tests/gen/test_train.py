@@ -54,13 +54,19 @@ def test_trains_from_tokens_and_the_checkpoint_is_a_generator(data, tmp_path):
     assert gen.generate(labels=[0, 1], seed=0).shape == (2, 3, 64, 64)
 
 
-def test_resume_is_exact(data, tmp_path):
-    whole = train(config(data, tmp_path / "a"), echo=lambda s: None)
-    train(config(data, tmp_path / "b", steps=2), echo=lambda s: None)
-    resumed = train(config(data, tmp_path / "b"), resume="latest", echo=lambda s: None)
+def check_resume_is_exact(make_config, tmp_path):
+    """A run stopped after 2 of 4 steps and resumed ends with the uninterrupted run's weights and losses."""
+    whole = train(make_config(tmp_path / "a"), echo=lambda s: None)
+    train(make_config(tmp_path / "b", steps=2), echo=lambda s: None)
+    resumed = train(make_config(tmp_path / "b"), resume="latest", echo=lambda s: None)
     a = load_file(str(whole.checkpoint / "model.safetensors"))
     b = load_file(str(resumed.checkpoint / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return whole, resumed
+
+
+def test_resume_is_exact(data, tmp_path):
+    check_resume_is_exact(lambda out, **kw: config(data, out, **kw), tmp_path)
 
 
 def test_trains_from_class_folders_with_codes_on_the_fly(data, tmp_path):

@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import toklip
+from tests.gen.test_train import check_resume_is_exact
 from tests.gen.test_train import config as c2i_config
 from toklip import ConfigError
 from toklip.train.config import TrainConfig
@@ -74,12 +75,7 @@ def test_the_caption_projection_trains_and_the_uncond_caption_is_a_fixed_buffer(
 
 
 def test_resume_is_exact(data, tmp_path):
-    whole = train(config(data, tmp_path / "a"), echo=lambda s: None)
-    train(config(data, tmp_path / "b", steps=2), echo=lambda s: None)
-    resumed = train(config(data, tmp_path / "b"), resume="latest", echo=lambda s: None)
-    a = load_file(str(whole.checkpoint / "model.safetensors"))
-    b = load_file(str(resumed.checkpoint / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    whole, resumed = check_resume_is_exact(lambda out, **kw: config(data, out, **kw), tmp_path)
     assert [r["ce"] for r in whole.history][2:] == [r["ce"] for r in resumed.history][-2:]
 
 
